@@ -1,0 +1,32 @@
+"""The dry-run outbox: each letter as an `.eml` file a person can open and read."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from .errors import ConfigError
+from .message import Letter
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9@._+-]")
+
+
+def letter_filename(index: int, letter: Letter) -> str:
+    """`00007-angela.merkel@example.org.eml`: list order first, then who it is for."""
+    return f"{index:05d}-{_UNSAFE.sub('_', letter.email)[:100]}.eml"
+
+
+def write_outbox(letters: Iterable[Letter], folder: Path) -> Iterator[tuple[Path, Letter]]:
+    """Write each letter into `folder` (emptied of earlier `.eml` files first); yield each."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for old in folder.glob("*.eml"):
+            old.unlink()
+    except OSError as error:
+        raise ConfigError(f"outbox {folder}: {error.strerror}; choose another with --outbox")\
+            from None
+    for index, letter in enumerate(letters, start=1):
+        path = folder / letter_filename(index, letter)
+        path.write_bytes(letter.data)
+        yield path, letter

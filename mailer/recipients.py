@@ -1,0 +1,253 @@
+"""The recipient list: a CSV file read as a stream of validated rows.
+
+Rows are validated by a pydantic model built for the file's own columns, so every problem is
+reported per column, and all of them are collected in one pass (memory stays bounded whatever
+the list's size: only a 64-bit hash per address is kept to find duplicates).
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
+
+from .addresses import InvalidAddress, normalize_address
+from .errors import InputError, Problem
+
+MAX_PROBLEMS = 10_000
+_DELIMITERS = (",", ";", "\t")
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    """One validated row: the line it starts on, its normalized address and all its fields."""
+
+    line: int
+    email: str
+    fields: dict[str, str]
+
+
+def _no_nul(value: str) -> str:
+    if "\0" in value:
+        raise ValueError("contains a NUL character; remove it")
+    return value
+
+
+def _single_line(value: str) -> str:
+    if "\r" in value or "\n" in value:
+        raise ValueError("contains a line break, but it is used in a mail header; "
+                         "put it on one line")
+    return value
+
+
+def _required(value: str) -> str:
+    if not value.strip():
+        raise ValueError("is empty, but the template uses it; fill it in")
+    return value
+
+
+def _email(value: str) -> str:
+    if not value.strip():
+        raise ValueError("is empty; every row needs an address")
+    try:
+        return normalize_address(value.strip())
+    except InvalidAddress as error:
+        raise ValueError(f"{value!r} is not a valid address: {error}") from None
+
+
+def row_model(columns: list[str], required: Iterable[str] = (),
+              single_line: Iterable[str] = ()) -> type[BaseModel]:
+    """A pydantic model for rows with these columns (the `email` column is always checked)."""
+    required, single_line = set(required), set(single_line)
+    fields: dict[str, Any] = {}
+    for index, column in enumerate(columns):
+        checks = [AfterValidator(_no_nul)]
+        if column == "email":
+            checks.append(AfterValidator(_email))
+        else:
+            if column in single_line:
+                checks.append(AfterValidator(_single_line))
+            if column in required:
+                checks.append(AfterValidator(_required))
+        fields[f"c{index}"] = (Annotated[str, *checks], Field(alias=column))
+    return create_model("RecipientRow", __config__=ConfigDict(frozen=True), **fields)
+
+
+class RecipientList:
+    """A recipient CSV file: iterate it for valid rows, then read `problems` for the rest.
+
+    `required` columns must be non-empty, `single_line` columns may not hold line breaks
+    (the template decides which: see `LetterTemplate.required_fields`).
+    """
+
+    def __init__(self, path: Path, *, required: Iterable[str] = (),
+                 single_line: Iterable[str] = (), allow_duplicates: bool = False) -> None:
+        self.path = path
+        self.allow_duplicates = allow_duplicates
+        self.problems: list[Problem] = []
+        self.problem_count = 0
+        self.rows = 0
+        self.columns = read_columns(path)
+        self._model = row_model(self.columns, required, single_line)
+
+    def add_problem(self, problem: Problem) -> None:
+        """Record a problem (the first MAX_PROBLEMS are kept, all are counted)."""
+        self.problem_count += 1
+        if len(self.problems) < MAX_PROBLEMS:
+            self.problems.append(problem)
+
+    def __iter__(self) -> Iterator[Recipient]:
+        seen: set[int] = set()
+        suspects: dict[str, list[Recipient]] = {}
+        for line, values in _records(self.path, self.columns, self.add_problem, skip_header=True):
+            self.rows += 1
+            recipient = self._validate(line, values)
+            if recipient is None:
+                continue
+            if not self.allow_duplicates:
+                key = recipient.email.casefold()
+                digest = hash(key)
+                if digest in seen:
+                    # Held back: either a duplicate or (rarely) a hash collision, settled below.
+                    suspects.setdefault(key, []).append(recipient)
+                    continue
+                seen.add(digest)
+            yield recipient
+        if suspects:
+            del seen
+            yield from self._settle_duplicates(suspects)
+
+    def _validate(self, line: int, values: list[str]) -> Recipient | None:
+        try:
+            row = self._model.model_validate(dict(zip(self.columns, values, strict=True)))
+        except ValidationError as error:
+            for item in error.errors():
+                column = str(item["loc"][0]) if item["loc"] else None
+                message = str(item["msg"]).removeprefix("Value error, ")
+                self.add_problem(Problem(str(self.path), line, message, column))
+            return None
+        fields = dict(zip(self.columns, row.__dict__.values(), strict=True))
+        return Recipient(line, fields["email"], fields)
+
+    def _settle_duplicates(self, suspects: dict[str, list[Recipient]]) -> Iterator[Recipient]:
+        """Find where each suspect address first appears; report duplicates, free the rest."""
+        first: dict[str, int] = {}
+        email = self.columns.index("email")
+        for line, values in _records(self.path, self.columns, lambda p: None, skip_header=True):
+            try:
+                key = normalize_address(values[email].strip()).casefold()
+            except InvalidAddress:
+                continue
+            if key in suspects and key not in first:
+                first[key] = line
+        for key, held in suspects.items():
+            for recipient in held:
+                if first.get(key, recipient.line) == recipient.line:
+                    yield recipient  # a hash collision, not a duplicate
+                else:
+                    self.add_problem(Problem(
+                        str(self.path), recipient.line,
+                        f"{recipient.email} is already on line {first[key]}; remove one of the "
+                        "two rows (or pass --allow-duplicates to send both)", "email"))
+
+
+def read_columns(path: Path) -> list[str]:
+    """The header row's column names, with the email column (any case) named `email`."""
+    header = next(_records(path, None, _raise, skip_header=False), None)
+    if header is None:
+        raise InputError([Problem(str(path), None, "the file is empty; the first line must be "
+                                  "a header such as email,name,title,country")])
+    columns = [name.strip() for name in header[1]]
+    problems = []
+    for index, name in enumerate(columns):
+        if name.lower() == "email":
+            columns[index] = "email"
+        elif not name:
+            problems.append(Problem(str(path), 1, f"column {index + 1} has no name; "
+                                    "give every column a header"))
+    for name in {c for c in columns if columns.count(c) > 1}:
+        problems.append(Problem(str(path), 1, f"column {name!r} appears twice; rename one"))
+    if "email" not in columns:
+        problems.append(Problem(str(path), 1, f"no 'email' column (found: {', '.join(columns)}); "
+                                "name the column of addresses 'email'"))
+    if problems:
+        raise InputError(problems)
+    return columns
+
+
+def _raise(problem: Problem) -> None:
+    raise InputError([problem])
+
+
+def _records(path: Path, columns: list[str] | None, report: Any, *,
+             skip_header: bool) -> Iterator[tuple[int, list[str]]]:
+    """Yield (start line, fields) per CSV record; badly shaped records go to `report`."""
+    try:
+        handle = path.open("rb")
+    except OSError as error:
+        raise InputError([Problem(str(path), None, f"cannot read the recipient list: "
+                                  f"{error.strerror}")]) from None
+    with handle:
+        lines = _decoded_lines(handle, str(path))
+        first = next(lines, None)
+        if first is None:
+            return
+        delimiter = max(_DELIMITERS, key=first.count)
+        position = _LineCounter()
+        reader = csv.reader(position.track(_chain(first, lines)), delimiter=delimiter,
+                            strict=True)
+        header_seen = False
+        while True:
+            start = position.line + 1
+            try:
+                values = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as error:
+                report(Problem(str(path), start, f"malformed CSV ({error}); check the quotes"))
+                return
+            if not values or values == [""]:
+                continue
+            if not header_seen:
+                header_seen = True
+                if skip_header:
+                    continue
+            if columns is not None and len(values) != len(columns):
+                report(Problem(str(path), start, f"has {len(values)} fields but the header has "
+                               f"{len(columns)}; quote values that contain '{delimiter}'"))
+                continue
+            yield start, values
+
+
+class _LineCounter:
+    """Counts physical lines as csv pulls them (it never reads past a record's last line),
+    so each record is located at the line where it starts."""
+
+    def __init__(self) -> None:
+        self.line = 0
+
+    def track(self, lines: Iterator[str]) -> Iterator[str]:
+        for text in lines:
+            self.line += 1
+            yield text
+
+
+def _chain(first: str, rest: Iterator[str]) -> Iterator[str]:
+    yield first
+    yield from rest
+
+
+def _decoded_lines(handle: Any, name: str) -> Iterator[str]:
+    for number, raw in enumerate(handle, start=1):
+        if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise InputError([Problem(name, number, f"is not UTF-8 (byte {raw[error.start]:#x} "
+                                      f"at column {error.start + 1}); save the file as UTF-8 CSV")
+                              ]) from None

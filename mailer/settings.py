@@ -1,0 +1,196 @@
+"""Settings: one pydantic model filled from `.env`, the environment and command-line flags.
+
+Precedence, lowest first: defaults, `.env` in the working directory, the process environment,
+explicit overrides (the CLI's flags). A bad value is a `ConfigError` naming the key to fix.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from dotenv import dotenv_values
+from email_validator import EmailNotValidError, validate_email
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from .errors import ConfigError
+
+PLACEHOLDER_FROM = "organiser@campaign.example"
+PLACEHOLDER_NAME = "Campaign Organiser (placeholder)"
+
+_RATE_UNITS = {"s": 1.0, "sec": 1.0, "second": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0,
+               "h": 3600.0, "hour": 3600.0}
+_RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:/\s*([a-z]+?)s?)?\s*$")
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """A number of letters per period; ``count == 0`` means no limit."""
+
+    count: float
+    per_seconds: float = 1.0
+
+    @property
+    def unlimited(self) -> bool:
+        return self.count == 0
+
+    @property
+    def per_second(self) -> float:
+        return self.count / self.per_seconds
+
+    @classmethod
+    def parse(cls, text: str) -> Rate:
+        """Parse ``30/min``, ``2/s``, ``1000/h`` or ``0`` (no limit)."""
+        match = _RATE_RE.match(text.lower())
+        if not match or (match[2] and match[2] not in _RATE_UNITS) or (not match[2] and
+                                                                        float(match[1]) != 0):
+            raise ValueError(f"{text!r} is not a rate; write it like 30/min, 2/s, 1000/h, or 0 "
+                             "for no limit")
+        return cls(float(match[1]), _RATE_UNITS[match[2]] if match[2] else 1.0)
+
+    def __str__(self) -> str:
+        if self.unlimited:
+            return "unlimited"
+        unit = {1.0: "s", 60.0: "min", 3600.0: "h"}.get(self.per_seconds, f"{self.per_seconds}s")
+        return f"{self.count:g}/{unit}"
+
+
+# Field name -> the environment key that sets it; the keys are what users read in errors.
+ENV_KEYS = {
+    "from_address": "MAILER_FROM",
+    "sender_name": "MAILER_SENDER_NAME",
+    "smtp_host": "MAILER_SMTP_HOST",
+    "smtp_port": "MAILER_SMTP_PORT",
+    "smtp_security": "MAILER_SMTP_SECURITY",
+    "smtp_username": "MAILER_SMTP_USERNAME",
+    "smtp_password": "MAILER_SMTP_PASSWORD",
+    "smtp_ca_file": "MAILER_SMTP_CA_FILE",
+    "allow_insecure_auth": "MAILER_ALLOW_INSECURE_AUTH",
+    "rate": "MAILER_RATE",
+    "domain_rates": "MAILER_DOMAIN_RATES",
+    "concurrency": "MAILER_CONCURRENCY",
+    "timeout": "MAILER_TIMEOUT",
+    "max_attempts": "MAILER_MAX_ATTEMPTS",
+    "log": "MAILER_LOG",
+}
+
+
+class Settings(BaseModel):
+    """Everything mailer needs to know that is not in the recipient list or the template."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    from_address: str = PLACEHOLDER_FROM
+    sender_name: str = PLACEHOLDER_NAME
+    smtp_host: str = "localhost"
+    smtp_port: int = Field(1025, ge=1, le=65535)
+    smtp_security: Literal["starttls", "tls", "none"] | None = None
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_ca_file: Path | None = None
+    allow_insecure_auth: bool = False
+    rate: Rate = Rate(10)
+    domain_rates: dict[str, Rate] = Field(default_factory=dict)
+    concurrency: int = Field(4, ge=1, le=64)
+    timeout: float = Field(30.0, gt=0, le=3600)
+    max_attempts: int = Field(5, ge=1, le=100)
+    log: Path = Path("mailer-log.sqlite3")
+
+    @field_validator("from_address")
+    @classmethod
+    def _valid_from(cls, value: str) -> str:
+        try:
+            return validate_email(value, check_deliverability=False).normalized
+        except EmailNotValidError as error:
+            raise ValueError(f"{value!r} is not an email address: {error}") from None
+
+    @field_validator("sender_name", "smtp_host", "smtp_username")
+    @classmethod
+    def _single_line(cls, value: str | None) -> str | None:
+        if value is not None and any(c in value for c in "\r\n\0"):
+            raise ValueError("must be a single line (no line breaks)")
+        return value
+
+    @field_validator("smtp_security", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.strip().lower() or None if isinstance(value, str) else value
+
+    @field_validator("rate", mode="before")
+    @classmethod
+    def _rate(cls, value: Any) -> Any:
+        return Rate.parse(value) if isinstance(value, str) else value
+
+    @field_validator("domain_rates", mode="before")
+    @classmethod
+    def _domain_rates(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [item for item in value.split(",") if item.strip()]
+        if isinstance(value, list | tuple):
+            pairs = {}
+            for item in value:
+                domain, sep, rate = str(item).partition("=")
+                if not sep or not domain.strip():
+                    raise ValueError(f"{item!r} should look like europarl.europa.eu=10/min")
+                pairs[domain.strip().lower()] = Rate.parse(rate)
+            return pairs
+        return value
+
+    @property
+    def placeholder_sender(self) -> bool:
+        """True when no real sender was configured: fine for a dry run, refused for a send."""
+        return self.from_address == PLACEHOLDER_FROM
+
+    @property
+    def security(self) -> Literal["starttls", "tls", "none"]:
+        """The TLS mode in force: STARTTLS unless the server is on this machine."""
+        if self.smtp_security:
+            return self.smtp_security
+        return "none" if is_loopback(self.smtp_host) else "starttls"
+
+    def public(self) -> dict[str, str]:
+        """The settings worth recording with a run: everything but secrets."""
+        shown = self.model_dump(exclude={"smtp_password"})
+        shown["smtp_security"] = self.security
+        return {key: str(value) for key, value in shown.items()}
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a host name or address is this machine (so nothing crosses a network)."""
+    if host.lower() in {"localhost", "localhost.localdomain"}:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def load_settings(env_file: Path | None = Path(".env"), **overrides: Any) -> Settings:
+    """Build the settings from `env_file`, the environment and `overrides` (None = not given)."""
+    values: dict[str, Any] = {}
+    file_values = dotenv_values(env_file) if env_file is not None and env_file.is_file() else {}
+    for field, key in ENV_KEYS.items():
+        value = os.environ.get(key, file_values.get(key))
+        if value is not None and value.strip() != "":
+            values[field] = value.strip()
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return Settings(**values)
+    except ValidationError as error:
+        raise ConfigError(_explain(error)) from None
+
+
+def _explain(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        field = str(item["loc"][0]) if item["loc"] else ""
+        key = ENV_KEYS.get(field, field)
+        message = str(item["msg"]).removeprefix("Value error, ")
+        # Never echo the input of a secret back to the terminal.
+        shown = "" if field == "smtp_password" else f" (got {item.get('input')!r})"
+        lines.append(f"setting {key}: {message}{shown}; fix it in .env or the environment")
+    return "\n".join(lines)

@@ -1,0 +1,252 @@
+"""The letter template: a header block, a blank line, then the body, all Jinja (sandboxed).
+
+The format is mailmerge's, so its templates work unchanged::
+
+    To: "{{ title }} {{ name }}" <{{ email }}>
+    Subject: Human rights in Hong Kong
+    Attachment: briefing.pdf
+
+    Dear {{ title }} {{ name }},
+
+An HTML version of the body may sit beside the text template with the same stem
+(`letter.txt` + `letter.html`); it is rendered with autoescape and sent as an alternative.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jinja2 import StrictUndefined, TemplateError, TemplateSyntaxError, nodes
+from jinja2.meta import find_undeclared_variables
+from jinja2.sandbox import SandboxedEnvironment
+
+from .errors import InputError, Problem
+
+ADDRESS_HEADERS = ("From", "To", "Cc", "Bcc", "Reply-To")
+_CANONICAL = {name.lower(): name for name in (*ADDRESS_HEADERS, "Subject", "Attachment")}
+# Headers mailer writes itself; a template that sets them would produce a broken message.
+_RESERVED = {"date", "message-id", "mime-version", "content-type", "content-transfer-encoding"}
+_HEADER_LINE = re.compile(r"([!-9;-~]+):[ \t]*(.*)")
+# Variables that come from settings rather than from the recipient list.
+SETTINGS_VARIABLES = ("sender_name", "sender_email")
+
+
+class RenderError(ValueError):
+    """One letter could not be rendered; the message names what to fix."""
+
+    def __init__(self, message: str, column: str | None = None) -> None:
+        super().__init__(message)
+        self.column = column
+
+
+def _header_value(value: Any) -> Any:
+    """Jinja `finalize` for headers: data can never bring a line break into a header."""
+    text = value if isinstance(value, str) else str(value)
+    if "\r" in text or "\n" in text or "\0" in text:
+        raise RenderError("a value placed in a header contains a line break")
+    return value
+
+
+def _address_value(value: Any) -> Any:
+    """Jinja `finalize` for address headers: also keeps data inside its quoted string."""
+    text = _header_value(value if isinstance(value, str) else str(value))
+    return text.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def _environment(**options: Any) -> SandboxedEnvironment:
+    return SandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=True,
+                                **options)
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    """One letter's rendered parts, before it becomes a MIME message."""
+
+    headers: list[tuple[str, str]]
+    text: str
+    html: str | None = None
+
+    def get(self, name: str) -> list[str]:
+        """Every rendered value of the header `name` (canonical spelling)."""
+        return [value for key, value in self.headers if key == name]
+
+
+@dataclass(slots=True)
+class _Piece:
+    """A compiled part of the template and the file line it starts on."""
+
+    name: str
+    source: str
+    line: int
+    compiled: Any = None
+    variables: dict[str, int] = field(default_factory=dict)
+
+
+class LetterTemplate:
+    """A parsed, compiled letter template. Use `LetterTemplate.load(path)`."""
+
+    def __init__(self, path: Path, text: str, html: str | None = None,
+                 html_path: Path | None = None) -> None:
+        self.path = path
+        self.html_path = html_path
+        problems: list[Problem] = []
+        self.optional: set[str] = set()
+        self.headers, body_line = _split_headers(path, text, problems)
+        body = "\n".join(text.splitlines()[body_line - 1:]) + "\n"
+        self._pieces = [_Piece(name, value, line) for name, value, line in self.headers]
+        self._body = _Piece("body", body, body_line)
+        self._html = _Piece("html", html, 1) if html is not None else None
+        self._compile(problems)
+        if problems:
+            raise InputError(problems)
+
+    @classmethod
+    def load(cls, path: Path) -> LetterTemplate:
+        """Read the template at `path` (and its `.html` sibling, if there is one)."""
+        text = _read(path)
+        html_path = path.with_suffix(".html")
+        if html_path == path or not html_path.is_file():
+            return cls(path, text)
+        return cls(path, text, _read(html_path), html_path)
+
+    def _compile(self, problems: list[Problem]) -> None:
+        plain = _environment(finalize=_header_value)
+        address = _environment(finalize=_address_value)
+        envs = {"body": _environment(), "html": _environment(autoescape=True)}
+        for piece in self._all_pieces():
+            env = envs.get(piece.name) or (address if piece.name in ADDRESS_HEADERS else plain)
+            file = self.html_path if piece.name == "html" else self.path
+            try:
+                tree = env.parse(piece.source)
+                piece.compiled = env.from_string(tree)
+            except TemplateSyntaxError as error:
+                line = piece.line + (error.lineno or 1) - 1
+                problems.append(Problem(str(file), line, f"template syntax: {error.message}"))
+                continue
+            piece.variables = _variables(tree, piece.line)
+            self.optional |= _tested_names(tree)
+
+    def _all_pieces(self) -> Iterable[_Piece]:
+        yield from self._pieces
+        yield self._body
+        if self._html is not None:
+            yield self._html
+
+    @property
+    def has_html(self) -> bool:
+        """Whether an HTML alternative is sent with the text."""
+        return self._html is not None
+
+    def variables(self) -> dict[str, tuple[str, int]]:
+        """Each variable the template reads, with the file and line of its first use."""
+        found: dict[str, tuple[str, int]] = {}
+        for piece in self._all_pieces():
+            file = str(self.html_path if piece.name == "html" else self.path)
+            for name, line in piece.variables.items():
+                found.setdefault(name, (file, line))
+        return found
+
+    def header_variables(self) -> set[str]:
+        """Variables used in headers: their values may never contain a line break."""
+        return {name for piece in self._pieces for name in piece.variables}
+
+    def missing_columns(self, columns: Iterable[str]) -> list[Problem]:
+        """A problem for every variable the template uses that neither CSV nor settings give."""
+        available = set(columns) | set(SETTINGS_VARIABLES)
+        return [Problem(file, line, f"uses {{{{ {name} }}}}, but the recipient list has no "
+                        f"column {name!r}; add the column or change the template")
+                for name, (file, line) in sorted(self.variables().items(), key=lambda i: i[1])
+                if name not in available]
+
+    def required_fields(self) -> set[str]:
+        """Variables that must not be empty: used, and not only tested with if/default."""
+        return set(self.variables()) - self.optional - set(SETTINGS_VARIABLES)
+
+    def render(self, context: Mapping[str, Any]) -> Rendered:
+        """Render one letter; raise RenderError if it cannot be rendered safely."""
+        try:
+            headers = [(p.name, p.compiled.render(context)) for p in self._pieces]
+            text = self._body.compiled.render(context)
+            html = self._html.compiled.render(context) if self._html is not None else None
+        except RenderError:
+            raise
+        except TemplateError as error:
+            raise RenderError(f"template: {error.message}") from None
+        return Rendered(headers, text, html)
+
+
+def _tested_names(tree: nodes.Template) -> set[str]:
+    """Names the template tests (`{% if x %}`, `x is defined`, `x | default(...)`): these
+    may be empty in a row, since the template decides what to do then."""
+    tests: list[nodes.Node] = [n.test for n in tree.find_all((nodes.If, nodes.CondExpr))]
+    tests += [n.node for n in tree.find_all(nodes.Filter) if n.name in {"default", "d"}]
+    tests += [n.node for n in tree.find_all(nodes.Test)]
+    names: set[str] = set()
+    for test in tests:
+        if test is not None:
+            names.update(n.name for n in test.find_all(nodes.Name))
+            if isinstance(test, nodes.Name):
+                names.add(test.name)
+    return names
+
+
+def _variables(tree: nodes.Template, first_line: int) -> dict[str, int]:
+    undeclared = find_undeclared_variables(tree)
+    lines: dict[str, int] = {}
+    for name_node in tree.find_all(nodes.Name):
+        if name_node.name in undeclared and name_node.ctx == "load":
+            lines.setdefault(name_node.name, first_line + name_node.lineno - 1)
+    return lines
+
+
+def _split_headers(path: Path, text: str,
+                   problems: list[Problem]) -> tuple[list[tuple[str, str, int]], int]:
+    """Parse the header block: (canonical name, value, line) triples and the body's first line."""
+    headers: list[tuple[str, str, int]] = []
+    lines = text.splitlines()
+    number = 0
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            break
+        if line[0] in " \t" and headers:
+            name, value, first = headers[-1]
+            headers[-1] = (name, f"{value} {line.strip()}", first)
+            continue
+        match = _HEADER_LINE.fullmatch(line)
+        if not match:
+            problems.append(Problem(str(path), number, f"{line[:40]!r} is not a header line; "
+                                    "the template starts with lines like 'Subject: ...', then a "
+                                    "blank line, then the letter"))
+            continue
+        name = _CANONICAL.get(match[1].lower(), match[1])
+        if name.lower() in _RESERVED:
+            problems.append(Problem(str(path), number, f"the {name} header is set by mailer; "
+                                    "remove it from the template"))
+            continue
+        headers.append((name, match[2].strip(), number))
+    else:
+        number = len(lines) + 1
+    if not any(name == "Subject" for name, _, _ in headers) and not problems:
+        problems.append(Problem(str(path), 1, "no Subject header; add a line 'Subject: ...' "
+                                "at the top"))
+    for single in ("From", "To", "Subject", "Reply-To"):
+        repeated = [line for name, _, line in headers if name == single][1:]
+        problems.extend(Problem(str(path), line, f"a second {single} header; keep one")
+                        for line in repeated)
+    return headers, number + 1
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except OSError as error:
+        raise InputError([Problem(str(path), None,
+                                  f"cannot read the template: {error.strerror}")]) from None
+    except UnicodeDecodeError as error:
+        line = error.object[:error.start].count(b"\n") + 1
+        raise InputError([Problem(str(path), line, "is not UTF-8; save the template as UTF-8")
+                          ]) from None
