@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from email_validator import EmailNotValidError, validate_email
+from email_validator.rfc_constants import CASE_INSENSITIVE_MAILBOX_NAMES
 
 # RFC 5322 atext, dot-separated: the only local parts whose validity cannot depend on anything
 # but their length.
@@ -34,10 +35,14 @@ def normalize_address(text: str) -> str:
     """
     local, at, domain = text.rpartition("@")
     if (at and len(text) <= _MAX_ADDRESS and len(local) <= _MAX_LOCAL
-            and _DOT_ATOM.fullmatch(local) and domain.isascii()):
+            and _DOT_ATOM.fullmatch(local) and domain.isascii()
+            and local.lower() not in CASE_INSENSITIVE_MAILBOX_NAMES):  # those are lower-cased
         normal_domain = _domain(domain)
         if normal_domain is not None:
-            return f"{local}@{normal_domain}"
+            normal = f"{local}@{normal_domain}"
+            # An IDNA domain can grow when decoded; email-validator limits the decoded form too.
+            if len(normal.encode("utf-8")) <= _MAX_ADDRESS:
+                return normal
     return _full(text)
 
 
@@ -124,7 +129,8 @@ def _mailbox_tokens(text: str) -> Iterator[tuple[list[str], str | None]]:
         yield words, angle
 
 
-_WORD = re.compile(r'[^\s",<>()]+')
+# Only space and tab separate words (as in the loop above); other whitespace is part of a word.
+_WORD = re.compile(r'[^ \t",<>()]+')
 
 
 def _quoted(text: str, i: int) -> tuple[str, int]:

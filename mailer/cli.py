@@ -2,21 +2,37 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import sys
-from collections.abc import Callable
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from email import policy
 from email.parser import BytesParser
 from pathlib import Path
 from typing import Any
 
 import click
+import rich.progress
+from rich.console import Console
+from rich.table import Table
 
+from .addresses import InvalidAddress, normalize_address
 from .campaign import Campaign
-from .errors import MailerError
+from .delivery import Delivery, Plan, SendOptions, classify
+from .errors import ConfigError, MailerError
+from .message import Letter
 from .outbox import write_outbox
+from .outcome import Outcome, Status
+from .sender import NoLog, Sender, SendSummary
+from .sendlog import Entry, SendLog
 from .settings import PLACEHOLDER_FROM, Settings, load_settings
+from .sink import Received, RecordingHandler, start_sink
 
 _PATH = click.Path(path_type=Path)
+_SHOWN_SKIPS = 20
 
 
 def _common(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -61,33 +77,97 @@ def check(recipients: Path, template: Path, env_file: Path, allow_duplicates: bo
 @cli.command()
 @_common
 @click.option("--dry-run", is_flag=True, help="Write each letter to the outbox; send nothing.")
-@click.option("--limit", type=click.IntRange(min=1), help="Only the first N letters.")
+@click.option("--limit", type=click.IntRange(min=1), help="Only the first N letters due.")
 @click.option("--outbox", type=_PATH, default=Path("outbox"), show_default=True,
               help="Where --dry-run writes the .eml files.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--to", "redirect_to", metavar="ADDRESS",
+              help="Send the first letter(s) to ADDRESS instead (a test; not logged).")
+@click.option("--campaign", "campaign_name", metavar="NAME",
+              help="Campaign name in the send log [default: the template's file stem].")
+@click.option("--log", "log_path", type=_PATH, help="Send log file [MAILER_LOG].")
+@click.option("--retry-failed", is_flag=True, help="Also resend letters that failed for good.")
+@click.option("--resend-unknown", is_flag=True,
+              help="Also resend letters whose fate is unknown (they may arrive twice).")
+@click.option("--rate", help="Letters per time, e.g. 30/min, 2/s; 0 = no limit [MAILER_RATE].")
+@click.option("--domain-rate", multiple=True, metavar="DOMAIN=RATE",
+              help="A limit for one domain, e.g. europarl.europa.eu=10/min (repeatable).")
+@click.option("--concurrency", type=int, help="Parallel SMTP connections [MAILER_CONCURRENCY].")
+@click.option("--timeout", type=float, help="Seconds to wait for the server [MAILER_TIMEOUT].")
+@click.option("--max-attempts", type=int, help="Tries per letter [MAILER_MAX_ATTEMPTS].")
+@click.option("--host", help="SMTP server [MAILER_SMTP_HOST].")
+@click.option("--port", type=int, help="SMTP port [MAILER_SMTP_PORT].")
+@click.option("--security", type=click.Choice(["starttls", "tls", "none"]),
+              help="TLS mode [MAILER_SMTP_SECURITY].")
 def send(recipients: Path, template: Path, env_file: Path, allow_duplicates: bool,
-         dry_run: bool, limit: int | None, outbox: Path) -> None:
-    """Send the campaign (or, with --dry-run, write every letter to the outbox)."""
-    settings = load_settings(env_file)
-    campaign = Campaign(settings, recipients, template, allow_duplicates=allow_duplicates)
-    if not dry_run:
-        raise click.UsageError("live sending is not available yet; use --dry-run")
-    _dry_run(campaign, settings, outbox, limit)
+         dry_run: bool, limit: int | None, outbox: Path, yes: bool, redirect_to: str | None,
+         campaign_name: str | None, log_path: Path | None, retry_failed: bool,
+         resend_unknown: bool, rate: str | None, domain_rate: tuple[str, ...],
+         concurrency: int | None, timeout: float | None, max_attempts: int | None,
+         host: str | None, port: int | None, security: str | None) -> None:
+    """Send the campaign (or, with --dry-run, write every letter to the outbox).
+
+    A live send shows what it is about to do and asks first (--yes skips the question).
+    Re-running it continues the campaign: letters already sent are never sent again.
+    Exit status: 0 all sent, 1 some not sent, 2 usage or configuration error, 130 stopped.
+    """
+    settings = load_settings(
+        env_file, rate=rate, domain_rates=list(domain_rate) or None, concurrency=concurrency,
+        timeout=timeout, max_attempts=max_attempts, smtp_host=host, smtp_port=port,
+        smtp_security=security, log=log_path)
+    campaign = Campaign(settings, recipients, template, name=campaign_name,
+                        allow_duplicates=allow_duplicates)
+    options = SendOptions(limit, retry_failed, resend_unknown)
+    if dry_run:
+        _dry_run(campaign, settings, outbox, options)
+    elif redirect_to:
+        _test_send(campaign, normalize_option_address(redirect_to), limit or 1, yes)
+    else:
+        _live_send(campaign, options, yes)
 
 
-def _dry_run(campaign: Campaign, settings: Settings, outbox: Path, limit: int | None) -> None:
+def normalize_option_address(text: str) -> str:
+    """Validate an address given on the command line."""
+    try:
+        return normalize_address(text)
+    except InvalidAddress as error:
+        raise click.BadParameter(f"{text!r} is not an address: {error}") from None
+
+
+def _dry_run(campaign: Campaign, settings: Settings, outbox: Path,
+             options: SendOptions) -> None:
     if settings.placeholder_sender:
         click.echo(f"No MAILER_FROM is set: letters show the placeholder sender {PLACEHOLDER_FROM}."
                    " Set MAILER_FROM and MAILER_SENDER_NAME in .env before a live send.\n")
     recipients = campaign.recipients()
-    letters = campaign.letters(recipients)
-    written = 0
-    for path, letter in write_outbox(_first(letters, limit), outbox):
-        if written == 0:
-            click.echo(f"--- {path} ---")
-            click.echo(_readable(letter.data))
-        written += 1
+    log = SendLog.open(settings.log, create=False) if settings.log.exists() else None
+    plan = Plan()
+    skipped: list[str] = []
+
+    def note_skips(letters: Iterable[Letter]) -> Iterator[Letter]:
+        for letter, status, due in classify(letters, log, campaign.name, options, plan):
+            if not due and status is not None and len(skipped) < _SHOWN_SKIPS:
+                skipped.append(f"  {letter.email}: {status}")
+            yield letter
+
+    try:
+        written = 0
+        for path, letter in write_outbox(note_skips(campaign.letters(recipients)), outbox):
+            if written == 0:
+                click.echo(f"--- {path} ---")
+                click.echo(_readable(letter.data))
+            written += 1
+    finally:
+        if log is not None:
+            log.close()
     for problem in recipients.problems:
         click.echo(str(problem), err=True)
+    if log is not None:
+        click.echo(f"Send log {settings.log}: a live run now has {plan.explain()}.")
+        if skipped:
+            hidden = sum(plan.skipped.values()) - len(skipped)
+            click.echo("Skipped by a live run:\n" + "\n".join(skipped)
+                       + (f"\n  ... and {hidden} more (mailer log lists them)" if hidden else ""))
     click.echo(f"Dry run: {written} letter{'s' * (written != 1)} written to {outbox}/, "
                f"{recipients.problem_count} problem{'s' * (recipients.problem_count != 1)}; "
                "nothing was sent.")
@@ -95,11 +175,214 @@ def _dry_run(campaign: Campaign, settings: Settings, outbox: Path, limit: int | 
         sys.exit(1)
 
 
-def _first(items: Any, limit: int | None) -> Any:
+def _describe_server(settings: Settings) -> str:
+    login = f" as {settings.smtp_username}" if settings.smtp_username else ""
+    return f"{settings.smtp_host}:{settings.smtp_port} ({settings.security}{login})"
+
+
+def _confirm(question: str, yes: bool) -> None:
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise ConfigError("not sending: there is no terminal to confirm on; add --yes to send "
+                          "without asking")
+    click.confirm(question, abort=True)
+
+
+def _test_send(campaign: Campaign, address: str, count: int, yes: bool) -> None:
+    settings = campaign.settings
+    click.echo(f"Test: the first {count} letter{'s' * (count != 1)} go to {address}, not to "
+               f"the recipients, via {_describe_server(settings)}. Not recorded in the log.")
+    campaign.require_clean()
+    _confirm("Send the test?", yes)
+    letters = _first(campaign.letters(campaign.recipients(), redirect_to=address), count)
+    sender = Sender(settings, NoLog(), on_outcome=_print_outcome)
+    summary = asyncio.run(sender.run(letters))
+    sys.exit(_report(summary))
+
+
+def _live_send(campaign: Campaign, options: SendOptions, yes: bool) -> None:
+    settings = campaign.settings
+    delivery = Delivery(campaign, settings.log, options)
+    try:
+        plan = delivery.prepare()
+        click.echo(f"Campaign {campaign.name!r}: {plan.explain()}.")
+        if plan.due == 0:
+            click.echo("Nothing to send.")
+            return
+        click.echo(f"From {settings.sender_name} <{settings.from_address}> via "
+                   f"{_describe_server(settings)}, at {settings.rate} "
+                   f"with {settings.concurrency} connection(s). Log: {settings.log}")
+        _confirm(f"Send {plan.due} letter{'s' * (plan.due != 1)}?", yes)
+        with Progress(plan.due) as progress:
+            summary = asyncio.run(delivery.send(on_outcome=progress.update))
+    finally:
+        delivery.close()
+    sys.exit(_report(summary))
+
+
+def _print_outcome(outcome: Outcome) -> None:
+    click.echo(f"{outcome.status:<8} {outcome.letter.email}  {outcome.describe()}")
+
+
+class Progress:
+    """A progress bar on a terminal; a plain line per letter anywhere else (CI, pipes)."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.counts: Counter[Status] = Counter()
+        self._bar: rich.progress.Progress | None = None
+        self._task = rich.progress.TaskID(0)
+        self._started = time.monotonic()
+
+    def __enter__(self) -> Progress:
+        if sys.stdout.isatty():
+            columns = rich.progress.Progress.get_default_columns()
+            tally = rich.progress.TextColumn("{task.fields[tally]}")
+            self._bar = rich.progress.Progress(*columns, tally)
+            self._task = self._bar.add_task("sending", total=self.total, tally="")
+            self._bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+    def update(self, outcome: Outcome) -> None:
+        """Count one outcome; print it if it is not a plain success (or if not on a terminal)."""
+        self.counts[outcome.status] += 1
+        if self._bar is None:
+            _print_outcome(outcome)
+            return
+        rate = sum(self.counts.values()) / max(time.monotonic() - self._started, 1e-9)
+        tally = ", ".join(f"{n} {s}" for s, n in self.counts.items()) + f", {rate:.1f}/s"
+        self._bar.update(self._task, advance=1, tally=tally)
+        if outcome.status != Status.SENT:
+            self._bar.console.print(f"{outcome.status} {outcome.letter.email}: "
+                                    f"{outcome.describe()}")
+
+
+def _report(summary: SendSummary) -> int:
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(summary.counts.items())) or "nothing sent"
+    rate = summary.total / summary.elapsed if summary.elapsed > 0 else 0.0
+    click.echo(f"{'Stopped' if summary.interrupted else 'Done'}: {counts} in "
+               f"{summary.elapsed:.1f}s ({rate:.1f} letters/s).")
+    if summary.interrupted:
+        click.echo("Run mailer send again to continue where it stopped.")
+        return 130
+    return 0 if summary.counts[Status.SENT] == summary.total else 1
+
+
+def _first(items: Iterable[Any], limit: int) -> Iterator[Any]:
     for count, item in enumerate(items, start=1):
         yield item
-        if limit is not None and count >= limit:
+        if count >= limit:
             return
+
+
+_ATTENTION = (Status.FAILED, Status.DEFERRED, Status.UNKNOWN, Status.SENDING, Status.PENDING)
+
+
+@cli.command()
+@click.option("--log", "log_path", type=_PATH, help="Send log file [MAILER_LOG].")
+@click.option("--env-file", type=_PATH, default=Path(".env"), show_default=True,
+              help="Settings file (MAILER_* keys).")
+@click.option("--campaign", "campaign_name", metavar="NAME", help="Only this campaign.")
+@click.option("--status", "statuses", multiple=True,
+              type=click.Choice([s.value for s in Status]),
+              help="List recipients in this state (repeatable) [default: all that need "
+                   "attention].")
+@click.option("--format", "output", type=click.Choice(["table", "csv", "json"]),
+              default="table", show_default=True, help="Output format.")
+def log(log_path: Path | None, env_file: Path, campaign_name: str | None,
+        statuses: tuple[str, ...], output: str) -> None:
+    """Review the send log: who got the letter, who did not, and why."""
+    settings = load_settings(env_file, log=log_path)
+    send_log = SendLog.open(settings.log, create=False)
+    try:
+        campaigns = [campaign_name] if campaign_name else send_log.campaigns()
+        wanted = [Status(s) for s in statuses] or list(_ATTENTION)
+        entries = [e for c in campaigns for e in send_log.entries(c, wanted)]
+        if output == "json":
+            click.echo(json.dumps([_entry_dict(e) for e in entries], indent=2))
+        elif output == "csv":
+            _print_csv(entries)
+        else:
+            for name in campaigns:
+                summary = send_log.summary(name)
+                counts = ", ".join(f"{summary.counts.get(s, 0)} {s}" for s in Status
+                                   if s != Status.SENDING or summary.counts.get(s))
+                rate = summary.rate_per_minute
+                click.echo(f"Campaign {name!r}: {counts}")
+                if summary.first_sent:
+                    click.echo(f"  first sent {summary.first_sent}, last {summary.last_sent}"
+                               + (f", {rate:.1f} letters/min" if rate else ""))
+            _print_table(entries, wanted)
+    finally:
+        send_log.close()
+
+
+def _entry_dict(entry: Entry) -> dict[str, Any]:
+    return {"campaign": entry.campaign, "address": entry.address, "line": entry.line,
+            "status": str(entry.status), "attempts": entry.attempts,
+            "first_attempt": entry.first_attempt, "last_attempt": entry.last_attempt,
+            "message_id": entry.message_id, "reply_code": entry.reply_code,
+            "reply_text": entry.reply_text}
+
+
+def _print_csv(entries: list[Entry]) -> None:
+    import csv
+
+    writer = csv.DictWriter(sys.stdout, fieldnames=list(_entry_dict(entries[0]) if entries
+                                                         else ["address"]))
+    writer.writeheader()
+    for entry in entries:
+        writer.writerow(_entry_dict(entry))
+
+
+def _print_table(entries: list[Entry], wanted: list[Status]) -> None:
+    if not entries:
+        click.echo(f"No recipients are {' or '.join(wanted)}.")
+        return
+    table = Table("line", "address", "status", "tries", "last attempt", "server reply",
+                  title="Recipients that need attention" if wanted == list(_ATTENTION) else None)
+    for e in entries:
+        reply = f"{e.reply_code or ''} {e.reply_text or ''}".strip()
+        table.add_row(str(e.line or ""), e.address, str(e.status), str(e.attempts),
+                      e.last_attempt or "", reply)
+    Console(width=200 if not sys.stdout.isatty() else None).print(table)
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=1025, show_default=True, type=int, help="Port to listen on.")
+@click.option("--maildir", type=_PATH, default=Path("sink-maildir"), show_default=True,
+              help="Maildir folder where received letters are stored.")
+def sink(host: str, port: int, maildir: Path) -> None:
+    """Run a local SMTP server that keeps every letter (for a practice send).
+
+    Start it in one terminal, then run `mailer send --yes` in another: with no .env, mailer
+    sends to localhost:1025. Stop it with Ctrl-C.
+    """
+
+    def show(message: Received) -> None:
+        click.echo(f"{time.strftime('%H:%M:%S')} {message.mail_from} -> "
+                   f"{', '.join(message.rcpt_tos)}  {message.subject!r} "
+                   f"({len(message.data)} bytes)")
+
+    try:
+        controller = start_sink(RecordingHandler(maildir, on_message=show), host, port)
+    except OSError as error:
+        raise ConfigError(f"cannot listen on {host}:{port}: {error.strerror or error}; "
+                          "choose another --port") from None
+    click.echo(f"mailer sink listening on {host}:{controller.port}, storing letters in "
+               f"{maildir}/ (Ctrl-C to stop)")
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        click.echo("Stopped.")
+    finally:
+        controller.stop()
 
 
 def _readable(data: bytes) -> str:

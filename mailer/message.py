@@ -13,6 +13,7 @@ import base64
 import binascii
 import hashlib
 import mimetypes
+import re
 import secrets
 import time
 from collections.abc import Iterable
@@ -21,10 +22,12 @@ from email.utils import formatdate
 from functools import lru_cache
 from pathlib import Path
 
+from email_validator import validate_email
+
 from .addresses import InvalidAddress, Mailbox, parse_address_list
 from .recipients import Recipient
 from .settings import Settings
-from .template import ADDRESS_HEADERS, LetterTemplate, RenderError, Rendered
+from .template import ADDRESS_HEADERS, LetterTemplate, Rendered, RenderError
 
 _MAX_LINE = 998
 _FOLD_AT = 78
@@ -64,7 +67,7 @@ class LetterBuilder:
         self.template = template
         self.settings = settings
         self.campaign = campaign
-        self._domain = settings.from_address.rpartition("@")[2]
+        self._domain = ascii_address(settings.from_address).rpartition("@")[2]
         self._extra = {"sender_name": settings.sender_name,
                        "sender_email": settings.from_address}
         self._date = ("", -1)
@@ -95,8 +98,8 @@ class LetterBuilder:
                         raise RenderError(f"the {name} header names {box.address}, which is "
                                           "neither this row's value nor written in the template;"
                                           " a value in a name field must not add a recipient")
-                    if box.address not in envelope:
-                        envelope.append(box.address)
+                    if ascii_address(box.address) not in envelope:
+                        envelope.append(ascii_address(box.address))
             if mailboxes and name != "Bcc":
                 lines.append(address_header(name, mailboxes))
         for name, value in rendered.headers:
@@ -156,7 +159,21 @@ class _Allowed:
         assert isinstance(address, str)
         if any(value.strip().casefold() == address for value in self._fields.values()):
             return True
-        return any(address in value.casefold() for _, value, _ in self._template.headers)
+        # Whole, not part of a longer address ("ice@example.org" is not in "office@...").
+        written = re.compile(rf"(?<![\w.@!#$%&'*+/=?^`{{|}}~-]){re.escape(address)}(?![\w.-])")
+        return any(written.search(value.casefold()) for _, value, _ in self._template.headers)
+
+
+@lru_cache(maxsize=4096)
+def ascii_address(address: str) -> str:
+    """A valid address with its domain in IDNA ASCII form (`a@bücher.example` is normalized
+    that way), as an ASCII header and SMTP without SMTPUTF8 need it."""
+    if address.isascii():
+        return address
+    ascii_email = validate_email(address, check_deliverability=False,
+                                 allow_smtputf8=False).ascii_email
+    assert ascii_email is not None  # allow_smtputf8=False: the local part is ASCII
+    return ascii_email
 
 
 def address_header(name: str, mailboxes: Iterable[Mailbox]) -> str:
@@ -168,7 +185,7 @@ def format_mailbox(mailbox: Mailbox) -> str:
     """One mailbox as header text: quoted or RFC 2047-encoded name, then `<address>`."""
     name = mailbox.name
     if not name:
-        return mailbox.address
+        return ascii_address(mailbox.address)
     if not name.isascii() or any(c < " " or c == "\x7f" for c in name) or "=?" in name:
         shown = encode_words(name)
     elif len(name) > _FOLD_AT // 2:
@@ -177,7 +194,7 @@ def format_mailbox(mailbox: Mailbox) -> str:
         shown = name
     else:
         shown = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return f"{shown} <{mailbox.address}>"
+    return f"{shown} <{ascii_address(mailbox.address)}>"
 
 
 def unstructured_header(name: str, value: str) -> str:
@@ -250,7 +267,7 @@ def attachment_part(path: Path) -> bytes:
     if name.isascii() and name.isprintable() and '"' not in name and "\\" not in name:
         disposition = f'attachment; filename="{name}"'
     else:
-        quoted = "".join(c if c.isascii() and c.isalnum() or c in "._-" else
+        quoted = "".join(c if (c.isascii() and c.isalnum()) or c in "._-" else
                          "".join(f"%{b:02X}" for b in c.encode()) for c in name)
         disposition = f"attachment; filename*=utf-8''{quoted}"
     head = (f"Content-Type: {kind}\r\nContent-Disposition: {disposition}\r\n"

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from .addresses import InvalidAddress, normalize_address
-from .errors import InputError, Problem
+from .errors import ConfigError, InputError, Problem
 
 MAX_PROBLEMS = 10_000
 _DELIMITERS = (",", ";", "\t")
@@ -189,8 +189,7 @@ def _records(path: Path, columns: list[str] | None, report: Any, *,
     try:
         handle = path.open("rb")
     except OSError as error:
-        raise InputError([Problem(str(path), None, f"cannot read the recipient list: "
-                                  f"{error.strerror}")]) from None
+        raise ConfigError(f"{path}: cannot read the recipient list: {error.strerror}") from None
     with handle:
         lines = _decoded_lines(handle, str(path))
         first = next(lines, None)
@@ -209,7 +208,7 @@ def _records(path: Path, columns: list[str] | None, report: Any, *,
                 return
             except csv.Error as error:
                 report(Problem(str(path), start, f"malformed CSV ({error}); check the quotes"))
-                return
+                continue
             if not values or values == [""]:
                 continue
             if not header_seen:

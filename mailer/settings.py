@@ -104,7 +104,8 @@ class Settings(BaseModel):
     @classmethod
     def _valid_from(cls, value: str) -> str:
         try:
-            return validate_email(value, check_deliverability=False).normalized
+            return validate_email(value, check_deliverability=False,
+                                  allow_smtputf8=False).normalized
         except EmailNotValidError as error:
             raise ValueError(f"{value!r} is not an email address: {error}") from None
 

@@ -24,7 +24,7 @@ from jinja2 import StrictUndefined, TemplateError, TemplateSyntaxError, nodes
 from jinja2.meta import find_undeclared_variables
 from jinja2.sandbox import SandboxedEnvironment
 
-from .errors import InputError, Problem
+from .errors import ConfigError, InputError, Problem
 
 ADDRESS_HEADERS = ("From", "To", "Cc", "Bcc", "Reply-To")
 _CANONICAL = {name.lower(): name for name in (*ADDRESS_HEADERS, "Subject", "Attachment")}
@@ -96,7 +96,7 @@ class LetterTemplate:
         problems: list[Problem] = []
         self.optional: set[str] = set()
         self.headers, body_line = _split_headers(path, text, problems)
-        body = "\n".join(text.splitlines()[body_line - 1:]) + "\n"
+        body = "\n".join(_lines(text)[body_line - 1:]) + "\n"
         self._pieces = [_Piece(name, value, line) for name, value, line in self.headers]
         self._body = _Piece("body", body, body_line)
         self._html = _Piece("html", html, 1) if html is not None else None
@@ -152,7 +152,10 @@ class LetterTemplate:
 
     def header_variables(self) -> set[str]:
         """Variables used in headers: their values may never contain a line break."""
-        return {name for piece in self._pieces for name in piece.variables}
+        names = {name for piece in self._pieces for name in piece.variables}
+        if not any(piece.name == "To" for piece in self._pieces):
+            names |= {"title", "name"}  # the default To header shows them
+        return names
 
     def missing_columns(self, columns: Iterable[str]) -> list[Problem]:
         """A problem for every variable the template uses that neither CSV nor settings give."""
@@ -176,13 +179,16 @@ class LetterTemplate:
             raise
         except TemplateError as error:
             raise RenderError(f"template: {error.message}") from None
+        except Exception as error:  # the template's own code failed, e.g. {{ 1 / 0 }}
+            raise RenderError(f"template: {type(error).__name__}: {error}") from None
         return Rendered(headers, text, html)
 
 
 def _tested_names(tree: nodes.Template) -> set[str]:
     """Names the template tests (`{% if x %}`, `x is defined`, `x | default(...)`): these
     may be empty in a row, since the template decides what to do then."""
-    tests: list[nodes.Node] = [n.test for n in tree.find_all((nodes.If, nodes.CondExpr))]
+    tests: list[nodes.Node | None] = [n.test for n in tree.find_all(nodes.If)]
+    tests += [n.test for n in tree.find_all(nodes.CondExpr)]
     tests += [n.node for n in tree.find_all(nodes.Filter) if n.name in {"default", "d"}]
     tests += [n.node for n in tree.find_all(nodes.Test)]
     names: set[str] = set()
@@ -207,7 +213,7 @@ def _split_headers(path: Path, text: str,
                    problems: list[Problem]) -> tuple[list[tuple[str, str, int]], int]:
     """Parse the header block: (canonical name, value, line) triples and the body's first line."""
     headers: list[tuple[str, str, int]] = []
-    lines = text.splitlines()
+    lines = _lines(text)
     number = 0
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -240,12 +246,23 @@ def _split_headers(path: Path, text: str,
     return headers, number + 1
 
 
+def _lines(text: str) -> list[str]:
+    """Lines as an editor and Jinja count them: str.splitlines would also break at a form feed
+    or U+2028, changing the letter and every line number after it."""
+    lines = _NEWLINE.split(text)
+    if lines[-1] == "":
+        lines.pop()
+    return lines
+
+
+_NEWLINE = re.compile(r"\r\n|\r|\n")
+
+
 def _read(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8-sig")
     except OSError as error:
-        raise InputError([Problem(str(path), None,
-                                  f"cannot read the template: {error.strerror}")]) from None
+        raise ConfigError(f"{path}: cannot read the template: {error.strerror}") from None
     except UnicodeDecodeError as error:
         line = error.object[:error.start].count(b"\n") + 1
         raise InputError([Problem(str(path), line, "is not UTF-8; save the template as UTF-8")

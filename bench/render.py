@@ -1,0 +1,638 @@
+"""Render benchmark: mailer's check + dry run against mailmerge 2.x, on the same letters.
+
+Run it from the repository root with the project's venv (mailer installed, plus
+`pip install -e '.[bench]'` for mailmerge)::
+
+    python bench/render.py                               # 100,000 recipients, 3 runs each
+    python bench/render.py --rows 20000 --repeat 5
+    python bench/render.py --rows 1000000 --no-outbox    # the memory goal: < 150 MB peak
+    python bench/render.py --cli                         # also time the real `mailer` commands
+    python bench/render.py --rows 20000 --profile        # cProfile of check + dry run, no timing
+
+It writes N synthetic recipients (columns email,title,name,country; unique addresses at
+example.org / example.net subdomains; about 40% non-ASCII names) into a temporary folder,
+with a mailmerge template equivalent to templates/letter.txt, and checks that both tools
+render the same first letter. Then, each measurement in a process of its own (so the peak RSS
+that `os.wait4` reports, i.e. getrusage's ru_maxrss of that child, is that measurement's
+alone), interleaved and repeated `--repeat` times:
+
+* mailer, check + dry run: `Campaign(settings, csv, template).check()`, then every letter
+  written with `write_outbox(campaign.letters(campaign.recipients()), outbox)`, which is what
+  `mailer check` followed by `mailer send --dry-run` does (timed inside the child: no
+  interpreter start-up or imports);
+* mailer, render only: `Campaign.check()` alone, which builds every letter and keeps none;
+* mailmerge: `mailmerge --no-limit --dry-run --output-format raw` on min(N, 20,000) rows
+  (`--mailmerge-rows`), stdout to /dev/null; its start-up (the same command with `--limit 0`)
+  is measured too and subtracted, so both tools' rates exclude start-up;
+* with `--cli`: `mailer check` and `mailer send --dry-run` as subprocesses (wall time, and
+  net of the start-up of `mailer --version`).
+
+It prints a table: median seconds with [min-max], letters/second from the medians, peak RSS
+(the largest of the runs) in MB, then the ratios mailer/mailmerge and the memory goal.
+The exit status is 0 unless a run fails or renders something unexpected.
+
+The parent process imports nothing but the standard library, on purpose: on Linux a child's
+ru_maxrss starts at its parent's high-water mark (it survives the exec), so a heavy parent
+would inflate every child's figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from email import message_from_bytes
+from email.header import decode_header, make_header
+from email.message import Message
+from email.utils import getaddresses
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mailer.settings import Rate, Settings
+
+REPO = Path(__file__).resolve().parent.parent
+TEMPLATE = REPO / "templates" / "letter.txt"
+FROM_ADDRESS = "organiser@example.org"
+SENDER_NAME = "Olive Organiser"
+MAILMERGE_ROWS = 20_000
+GOAL_RATIO = 1.5
+GOAL_MB = 150
+GOAL_ROWS = 1_000_000
+
+# (as written, as it may appear in an address); about 40% of the names are not ASCII.
+FIRST = [("Amelia", "amelia"), ("Jürgen", "jurgen"), ("Zoë", "zoe"), ("Marta", "marta"),
+         ("Łukasz", "lukasz"), ("Søren", "soren"), ("José", "jose"), ("Ελένη", "eleni"),
+         ("Ioana", "ioana"), ("François", "francois"), ("Niamh", "niamh"), ("Pieter", "pieter"),
+         ("Giulia", "giulia"), ("Tomáš", "tomas"), ("Grace", "grace"), ("Ada", "ada")]
+LAST = [("Hartley", "hartley"), ("Müller", "muller"), ("Lefèvre", "lefevre"),
+        ("Kowalska", "kowalska"), ("Wróbel", "wrobel"), ("Kierkegaard", "kierkegaard"),
+        ("Álvarez", "alvarez"), ("Papadopoulou", "papadopoulou"), ("Popescu", "popescu"),
+        ("de Vries", "devries"), ("Rossi", "rossi"), ("Novák", "novak"), ("Dubois", "dubois"),
+        ("Nieminen", "nieminen"), ("Smith", "smith"), ("Hopper", "hopper")]
+TITLES = ["Ms", "Mr", "Dr", "Prof.", "Hon."]
+COUNTRIES = ["Ireland", "Germany", "France", "Poland", "Denmark", "Spain", "Greece", "Romania",
+             "Belgium", "Netherlands", "Italy", "Czechia", "Finland", "Österreich", "Sverige"]
+SUBDOMAINS = ["parliament", "senate", "assembly", "ministry", "council", "commission", "office",
+              "cabinet"]
+
+
+class BenchError(Exception):
+    """A run failed or rendered something unexpected; the message says which."""
+
+
+# --- synthetic data -------------------------------------------------------------------------
+
+def recipient_rows(count: int, seed: int = 2019) -> Iterator[list[str]]:
+    """`count` rows of email,title,name,country with unique addresses (deterministic)."""
+    rng = random.Random(seed)
+    for index in range(count):
+        first, first_ascii = rng.choice(FIRST)
+        last, last_ascii = rng.choice(LAST)
+        domain = (f"{rng.choice(SUBDOMAINS)}{rng.randrange(8)}."
+                  f"example.{'org' if index % 2 else 'net'}")
+        local = f"{first_ascii}.{last_ascii.replace(' ', '')}.{index}"
+        yield [f"{local}@{domain}", rng.choice(TITLES), f"{first} {last}", rng.choice(COUNTRIES)]
+
+
+def write_recipients(path: Path, count: int, also: Path | None = None,
+                     also_count: int = 0) -> None:
+    """Write `count` rows to `path` and (optionally) the first `also_count` of them to `also`."""
+    header = ["email", "title", "name", "country"]
+    with path.open("w", encoding="utf-8", newline="") as main_file:
+        writer = csv.writer(main_file)
+        writer.writerow(header)
+        if also is None:
+            writer.writerows(recipient_rows(count))
+            return
+        with also.open("w", encoding="utf-8", newline="") as other_file:
+            other = csv.writer(other_file)
+            other.writerow(header)
+            for index, row in enumerate(recipient_rows(count)):
+                writer.writerow(row)
+                if index < also_count:
+                    other.writerow(row)
+
+
+def mailmerge_template(template: Path) -> str:
+    """mailer's template in mailmerge's format: the same headers plus FROM, the same body,
+    with the settings variables (sender name and address) written in."""
+    text = template.read_text(encoding="utf-8-sig")
+    head, _, body = text.partition("\n\n")
+    lines = []
+    for line in head.splitlines():
+        name, _, value = line.partition(":")
+        if name.strip().lower() != "from":
+            lines.append(f"{name.strip().upper()}: {value.strip()}")
+    lines.insert(1, f'FROM: "{SENDER_NAME}" <{FROM_ADDRESS}>')
+    merged = "\n".join(lines) + "\n\n" + body
+    for variable, value in (("sender_name", SENDER_NAME), ("sender_email", FROM_ADDRESS)):
+        merged = merged.replace(f"{{{{ {variable} }}}}", value)
+        merged = merged.replace(f"{{{{{variable}}}}}", value)
+    return merged
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """The temporary campaign folder and everything in it."""
+
+    root: Path
+    csv: Path
+    mailmerge_csv: Path
+    template: Path
+    mailmerge_template: Path
+    mailmerge_conf: Path
+    env_file: Path
+    source: Path | None = None  # a copy of the mailer package, put first on PYTHONPATH
+
+    def outbox(self, name: str) -> Path:
+        return self.root / f"outbox-{name}"
+
+
+def snapshot(root: Path) -> tuple[Path, str]:
+    """Copy the mailer package under `root`, so every run measures the same code even while
+    the working tree changes; returns the folder for PYTHONPATH and a hash of the sources."""
+    import mailer  # the package only (its __init__), to find the copy in use
+
+    package = Path(mailer.__file__).parent
+    target = root / "src" / "mailer"
+    shutil.copytree(package, target, ignore=shutil.ignore_patterns("__pycache__"))
+    digest = hashlib.sha256()
+    for path in sorted(target.rglob("*.py")):
+        digest.update(path.relative_to(target).as_posix().encode() + b"\0" + path.read_bytes())
+    return root / "src", digest.hexdigest()[:12]
+
+
+def git_state() -> str:
+    """`d3d868a` or `d3d868a, mailer/ modified`, or `unknown`."""
+    try:
+        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "mailer"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{head}, mailer/ modified" if dirty else head
+
+
+def prepare(root: Path, rows: int, mailmerge_rows: int, template: Path,
+            source: Path | None) -> Workspace:
+    """Write the recipient lists, the mailmerge template and config, and a .env for mailer."""
+    space = Workspace(root, root / "recipients.csv", root / "mailmerge_database.csv", template,
+                      root / "mailmerge_template.txt", root / "mailmerge_server.conf",
+                      root / ".env", source)
+    write_recipients(space.csv, rows, space.mailmerge_csv if mailmerge_rows else None,
+                     mailmerge_rows)
+    space.mailmerge_template.write_text(mailmerge_template(template), encoding="utf-8")
+    # Dry runs never connect; mailmerge still wants a config file.
+    space.mailmerge_conf.write_text("[smtp_server]\nhost = 127.0.0.1\nport = 2525\n"
+                                    "ratelimit = 0\n", encoding="utf-8")
+    space.env_file.write_text(f"MAILER_FROM={FROM_ADDRESS}\nMAILER_SENDER_NAME={SENDER_NAME}\n"
+                              "MAILER_RATE=0\n", encoding="utf-8")
+    return space
+
+
+# --- the measured work, run in a child process ----------------------------------------------
+
+def make_settings(settings: type[Settings], rate: type[Rate]) -> Settings:
+    """The settings `.env` gives the CLI (validated as pydantic would from the environment)."""
+    return settings.model_validate({"from_address": FROM_ADDRESS, "sender_name": SENDER_NAME,
+                                    "rate": rate(0)})
+
+
+def child(mode: str, csv_path: Path, template: Path, outbox: Path, result: Path) -> None:
+    """One measurement (imports mailer here, never in the parent); results as JSON."""
+    from mailer.campaign import Campaign
+    from mailer.outbox import write_outbox
+    from mailer.settings import Rate, Settings
+
+    settings = make_settings(Settings, Rate)
+    if mode == "first":
+        campaign = Campaign(settings, csv_path, template)
+        result.write_bytes(next(iter(campaign.letters(campaign.recipients()))).data)
+        return
+    start = time.perf_counter()
+    campaign = Campaign(settings, csv_path, template)
+    report = campaign.check()
+    checked = time.perf_counter()
+    found: dict[str, Any] = {"rows": report.rows, "letters": report.letters,
+                             "problems": report.problem_count, "check_s": checked - start}
+    if mode == "dryrun":
+        recipients = campaign.recipients()
+        written = sum(1 for _ in write_outbox(campaign.letters(recipients), outbox))
+        found["write_s"] = time.perf_counter() - checked
+        found["written"] = written
+        found["problems"] += recipients.problem_count
+        found["eml_files"] = sum(1 for entry in os.scandir(outbox) if entry.name.endswith(".eml"))
+    result.write_text(json.dumps(found), encoding="utf-8")
+
+
+# --- running and measuring child processes --------------------------------------------------
+
+@dataclass
+class Sample:
+    """One child process: wall seconds, ru_maxrss in KiB, and what the child reported."""
+
+    wall: float
+    peak_kib: int
+    found: dict[str, Any] = field(default_factory=dict)
+
+
+def child_env(source: Path | None) -> dict[str, str]:
+    """The environment without MAILER_* keys (only the workspace's .env applies), with the
+    mailer snapshot first on PYTHONPATH."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MAILER_")}
+    if source is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(source),
+                                                          env.get("PYTHONPATH", "")]))
+    return env
+
+
+def spawn(argv: list[str], cwd: Path, stdout: Path | None = None,
+          source: Path | None = None) -> Sample:
+    """Run argv to completion; its wall time and peak RSS (os.wait4, this child alone)."""
+    errors = cwd / "stderr.txt"
+    with (open(os.devnull if stdout is None else stdout, "wb") as out,
+          errors.open("wb") as err):
+        start = time.perf_counter()
+        process = subprocess.Popen(argv, cwd=cwd, env=child_env(source),
+                                   stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - start
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        tail = errors.read_text(encoding="utf-8", errors="replace")[-2000:]
+        raise BenchError(f"{' '.join(argv)} exited with {process.returncode}:\n{tail}")
+    return Sample(wall, usage.ru_maxrss)
+
+
+def executable(name: str) -> str:
+    """A console script of this venv (beside sys.executable), else from PATH."""
+    beside = Path(sys.executable).parent / name
+    if beside.exists():
+        return str(beside)
+    found = shutil.which(name)
+    if found is None:
+        raise BenchError(f"{name} is not installed; pip install -e '.[bench]'")
+    return found
+
+
+class Runner:
+    """The measurements, each a fresh child process, against one workspace."""
+
+    def __init__(self, space: Workspace, rows: int, mailmerge_rows: int) -> None:
+        self.space = space
+        self.rows = rows
+        self.mailmerge_rows = mailmerge_rows
+        self.result = space.root / "result.json"
+
+    def _child(self, mode: str, outbox: Path) -> Sample:
+        argv = [sys.executable, str(Path(__file__).resolve()), "--child", mode,
+                "--csv", str(self.space.csv), "--template", str(self.space.template),
+                "--outbox", str(outbox), "--result", str(self.result)]
+        sample = spawn(argv, self.space.root, source=self.space.source)
+        if mode != "first":
+            sample.found = json.loads(self.result.read_text(encoding="utf-8"))
+            if sample.found["problems"] or sample.found["letters"] != self.rows:
+                raise BenchError(f"mailer {mode}: {sample.found}; expected {self.rows} letters "
+                                 "and no problems")
+        return sample
+
+    def mailer_dry_run(self) -> Sample:
+        outbox = self.space.outbox("lib")
+        try:
+            sample = self._child("dryrun", outbox)
+        finally:
+            shutil.rmtree(outbox, ignore_errors=True)
+        if sample.found["written"] != self.rows or sample.found["eml_files"] != self.rows:
+            raise BenchError(f"mailer dry run wrote {sample.found}; expected {self.rows}")
+        return sample
+
+    def mailer_render(self) -> Sample:
+        return self._child("render", self.space.outbox("unused"))
+
+    def mailer_first_letter(self) -> bytes:
+        self._child("first", self.space.outbox("unused"))
+        return self.result.read_bytes()
+
+    def _mailmerge(self, *extra: str, stdout: Path | None = None) -> Sample:
+        space = self.space
+        argv = [executable("mailmerge"), "--template", str(space.mailmerge_template),
+                "--database", str(space.mailmerge_csv), "--config", str(space.mailmerge_conf),
+                "--dry-run", "--output-format", "raw", *extra]
+        return spawn(argv, space.root, stdout)
+
+    def mailmerge(self) -> Sample:
+        return self._mailmerge("--no-limit")
+
+    def mailmerge_startup(self) -> Sample:
+        return self._mailmerge("--limit", "0")
+
+    def mailmerge_first_letter(self) -> bytes:
+        out = self.space.root / "mailmerge_first.txt"
+        self._mailmerge("--limit", "1", stdout=out)
+        text = out.read_bytes()
+        start = text.index(b">>> message 1\n") + len(b">>> message 1\n")
+        return text[start:text.index(b"\n>>> message 1 sent")]
+
+    def _mailer_cli(self, *command: str) -> Sample:
+        space = self.space
+        return spawn([executable("mailer"), *command, "--recipients", str(space.csv),
+                      "--template", str(space.template), "--env-file", str(space.env_file)],
+                     space.root, source=space.source)
+
+    def cli_check(self) -> Sample:
+        return self._mailer_cli("check")
+
+    def cli_send(self) -> Sample:
+        outbox = self.space.outbox("cli")
+        try:
+            sample = self._mailer_cli("send", "--dry-run", "--outbox", str(outbox))
+            files = sum(1 for entry in os.scandir(outbox) if entry.name.endswith(".eml"))
+        finally:
+            shutil.rmtree(outbox, ignore_errors=True)
+        if files != self.rows:
+            raise BenchError(f"mailer send --dry-run wrote {files} letters, not {self.rows}")
+        return sample
+
+    def cli_startup(self) -> Sample:
+        return spawn([executable("mailer"), "--version"], self.space.root,
+                     source=self.space.source)
+
+
+# --- are they the same letter? ---------------------------------------------------------------
+
+def _decoded(message: Message, name: str) -> str:
+    return str(make_header(decode_header(str(message.get(name, "")))))
+
+
+def letter_summary(data: bytes) -> dict[str, Any]:
+    """What a reader sees: the decoded addresses, the subject and the text.
+
+    Headers are decoded before they are parsed as addresses: mailmerge 2.3 encodes a whole
+    To header with a non-ASCII name as one encoded word, address included.
+    """
+    message = message_from_bytes(data.replace(b"\r\n", b"\n"))
+    text = ""
+    for part in message.walk():
+        if part.get_content_type() == "text/plain":
+            payload = part.get_payload(decode=True)
+            assert isinstance(payload, bytes)
+            text = payload.decode(part.get_content_charset() or "ascii")
+            break
+    return {"To": getaddresses([_decoded(message, "To")]),
+            "From": getaddresses([_decoded(message, "From")]),
+            "Subject": _decoded(message, "Subject"),
+            "text": "\n".join(line.rstrip() for line in text.strip().splitlines())}
+
+
+def compare_letters(runner: Runner) -> list[str]:
+    """Differences between the first letter as mailer and as mailmerge render it."""
+    ours = letter_summary(runner.mailer_first_letter())
+    theirs = letter_summary(runner.mailmerge_first_letter())
+    return [f"{key}: mailer {ours[key]!r:.80} != mailmerge {theirs[key]!r:.80}"
+            for key in ours if ours[key] != theirs[key]]
+
+
+# --- reporting -------------------------------------------------------------------------------
+
+@dataclass
+class Series:
+    """Repeated samples of one measurement; `seconds` picks the figure to time."""
+
+    label: str
+    rows: int
+    seconds: Callable[[Sample], float]
+    samples: list[Sample] = field(default_factory=list)
+    startup: Series | None = None
+
+    def times(self) -> list[float]:
+        """Seconds per sample, less the median start-up when one is given."""
+        base = self.startup.median() if self.startup is not None else 0.0
+        return [max(self.seconds(sample) - base, 1e-9) for sample in self.samples]
+
+    def median(self) -> float:
+        return statistics.median(self.times())
+
+    def rate(self) -> float:
+        return self.rows / self.median()
+
+    def peak_mb(self) -> float:
+        return max(sample.peak_kib for sample in self.samples) / 1024
+
+
+def print_table(title: str, series: list[Series]) -> None:
+    print(title)
+    print(f"{'':44} {'rows':>9} {'median s':>9} {'[min-max]':>15} {'letters/s':>10} "
+          f"{'peak MB':>8}")
+    for item in series:
+        if not item.samples:
+            continue
+        times = item.times()
+        spread = f"[{min(times):.2f}-{max(times):.2f}]"
+        peak = f"{item.peak_mb():8.1f}" if item.samples[0].peak_kib else f"{'':8}"
+        rows, rate = (f"{item.rows:9,d}", f"{item.rate():10,.0f}") if item.rows else ("", "")
+        print(f"{item.label:44} {rows:>9} {item.median():9.2f} {spread:>15} {rate:>10} {peak}")
+
+
+# --- profiling -------------------------------------------------------------------------------
+
+def profile(space: Workspace, top: int) -> None:
+    """cProfile the check + dry-run path in this process; print the top entries."""
+    import cProfile
+    import pstats
+
+    if space.source is not None:
+        sys.path.insert(0, str(space.source))
+    from mailer.campaign import Campaign
+    from mailer.outbox import write_outbox
+    from mailer.settings import Rate, Settings
+
+    settings = make_settings(Settings, Rate)
+    outbox = space.outbox("profile")
+    profiler = cProfile.Profile()
+    profiler.enable()
+    campaign = Campaign(settings, space.csv, space.template)
+    campaign.check()
+    for _ in write_outbox(campaign.letters(campaign.recipients()), outbox):
+        pass
+    profiler.disable()
+    shutil.rmtree(outbox, ignore_errors=True)
+    stats = pstats.Stats(profiler)
+    entries = stats.stats  # type: ignore[attr-defined]
+    total = sum(tottime for _, _, tottime, _, _ in entries.values())
+
+    def where(key: tuple[str, int, str]) -> str:
+        file, line, name = key
+        if file == "~":
+            return name
+        parts = Path(file).parts
+        short = "/".join(parts[parts.index("site-packages") + 1:] if "site-packages" in parts
+                         else parts[-2:])
+        return f"{short}:{line}({name})"
+
+    for column, heading in ((2, "own time (tottime)"), (3, "cumulative time (cumtime)")):
+        print(f"\nTop {top} by {heading}, total {total:.2f} s:")
+        print(f"{'%':>6} {'seconds':>8} {'calls':>10}  function")
+        ranked = sorted(entries.items(), key=lambda item: item[1][column], reverse=True)
+        for key, value in ranked[:top]:
+            print(f"{100 * value[column] / total:6.1f} {value[column]:8.2f} {value[1]:10,d}  "
+                  f"{where(key)}")
+
+
+# --- main ------------------------------------------------------------------------------------
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--rows", type=int, default=100_000, help="recipients (100,000)")
+    parser.add_argument("--mailmerge-rows", type=int, default=None,
+                        help=f"rows for mailmerge (min(rows, {MAILMERGE_ROWS:,}))")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each measurement (3)")
+    parser.add_argument("--no-outbox", action="store_true",
+                        help="skip the dry run that writes .eml files (render only)")
+    parser.add_argument("--no-mailmerge", action="store_true", help="skip mailmerge")
+    parser.add_argument("--cli", action="store_true",
+                        help="also time `mailer check` and `mailer send --dry-run`")
+    parser.add_argument("--profile", action="store_true",
+                        help="cProfile mailer's check + dry run in process; no timing")
+    parser.add_argument("--top", type=int, default=15, help="profile entries shown (15)")
+    parser.add_argument("--template", type=Path, default=TEMPLATE,
+                        help="mailer template (templates/letter.txt)")
+    parser.add_argument("--tmpdir", type=Path, default=None, help="parent of the work folder")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    parser.add_argument("--live", action="store_true",
+                        help="run the installed mailer, not a copy taken at the start")
+    parser.add_argument("--child", choices=["dryrun", "render", "first"], help=argparse.SUPPRESS)
+    parser.add_argument("--csv", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--outbox", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.rows < 1 or args.repeat < 1:
+        parser.error("--rows and --repeat must be at least 1")
+    return args
+
+
+def progress(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def measure(args: argparse.Namespace, runner: Runner) -> list[Series]:
+    rows, mm_rows = runner.rows, runner.mailmerge_rows
+    dry_run = Series("mailer check + dry run (.eml), library", rows,
+                     lambda s: s.found["check_s"] + s.found["write_s"])
+    check_part = Series("  of which check", rows, lambda s: s.found["check_s"])
+    write_part = Series("  of which dry run (render + write .eml)", rows,
+                        lambda s: s.found["write_s"])
+    render = Series("mailer render only (check, no outbox)", rows, lambda s: s.found["check_s"])
+    mm_start = Series("mailmerge start-up (--limit 0)", 0, lambda s: s.wall)
+    mailmerge = Series("mailmerge --dry-run raw, net of start-up", mm_rows, lambda s: s.wall,
+                       startup=mm_start)
+    cli_start = Series("mailer --version (start-up)", 0, lambda s: s.wall)
+    cli_check = Series("mailer check (CLI, wall)", rows, lambda s: s.wall)
+    cli_send = Series("mailer send --dry-run (CLI, wall)", rows, lambda s: s.wall)
+    cli_check_net = Series("mailer check (CLI, net of start-up)", rows, lambda s: s.wall,
+                           startup=cli_start)
+    cli_send_net = Series("mailer send --dry-run (CLI, net of start-up)", rows, lambda s: s.wall,
+                          startup=cli_start)
+    for run in range(1, args.repeat + 1):
+        progress(f"run {run}/{args.repeat}")
+        if not args.no_outbox:
+            sample = runner.mailer_dry_run()
+            for series in (dry_run, check_part, write_part):
+                series.samples.append(sample)
+        render.samples.append(runner.mailer_render())
+        if mm_rows:
+            mm_start.samples.append(runner.mailmerge_startup())
+            mailmerge.samples.append(runner.mailmerge())
+        if args.cli:
+            cli_start.samples.append(runner.cli_startup())
+            cli_check.samples.append(runner.cli_check())
+            cli_check_net.samples = cli_check.samples
+            if not args.no_outbox:
+                cli_send.samples.append(runner.cli_send())
+                cli_send_net.samples = cli_send.samples
+    for series in (check_part, write_part, mm_start, cli_start):
+        series.samples = [Sample(s.wall, 0, s.found) for s in series.samples]
+    return [dry_run, check_part, write_part, render, mailmerge, mm_start,
+            cli_check, cli_check_net, cli_send, cli_send_net, cli_start]
+
+
+def report(args: argparse.Namespace, runner: Runner, series: list[Series]) -> None:
+    named = {item.label: item for item in series}
+    dry_run, write_part, render = series[0], series[2], series[3]
+    mailmerge = named["mailmerge --dry-run raw, net of start-up"]
+    title = (f"\nmailer render benchmark: {runner.rows:,} recipients"
+             f" (mailmerge {runner.mailmerge_rows:,}), {args.repeat} runs each; "
+             "median seconds, letters/s from the median, peak RSS = largest of the runs")
+    print_table(title, series)
+    if mailmerge.samples:
+        print(f"\nmailmerge gross (with start-up): "
+              f"{mailmerge.rows / statistics.median(s.wall for s in mailmerge.samples):,.0f} "
+              "letters/s")
+        print("ratio mailer/mailmerge (letters/s):")
+        for label, item in (("check + dry run, writing .eml (the goal)", dry_run),
+                            ("dry run alone, writing .eml", write_part),
+                            ("render only, no outbox", render)):
+            if item.samples:
+                ratio = item.rate() / mailmerge.rate()
+                goal = (f"  (goal >= {GOAL_RATIO}x: {'met' if ratio >= GOAL_RATIO else 'NOT met'})"
+                        if item is dry_run else "")
+                print(f"  {label:42} {ratio:5.2f}x{goal}")
+    peak = render.peak_mb()
+    verdict = "met" if peak < GOAL_MB else "NOT met"
+    scale = ("" if runner.rows >= GOAL_ROWS else
+             f" (the goal is at {GOAL_ROWS:,}: run --rows {GOAL_ROWS} --no-outbox)")
+    print(f"peak RSS, render only at {runner.rows:,} rows: {peak:.1f} MB "
+          f"(goal < {GOAL_MB} MB: {verdict}){scale}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.child:
+        child(args.child, args.csv, args.template, args.outbox, args.result)
+        return 0
+    mm_rows = 0 if args.no_mailmerge or args.profile else min(
+        args.rows, args.mailmerge_rows if args.mailmerge_rows is not None else MAILMERGE_ROWS)
+    root = Path(tempfile.mkdtemp(prefix="mailer-bench-", dir=args.tmpdir))
+    try:
+        source, digest = (None, "live") if args.live else snapshot(root)
+        print(f"mailer {git_state()}, sources {digest}; Python {sys.version.split()[0]}, "
+              f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}", flush=True)
+        progress(f"writing {args.rows:,} recipients to {root}")
+        space = prepare(root, args.rows, mm_rows, args.template.resolve(), source)
+        if args.profile:
+            profile(space, args.top)
+            return 0
+        runner = Runner(space, args.rows, mm_rows)
+        if mm_rows:
+            differences = compare_letters(runner)
+            for difference in differences:
+                progress(f"warning: the first letters differ: {difference}")
+            if not differences:
+                progress("first letter: mailer and mailmerge render the same To, From, "
+                         "Subject and text")
+        report(args, runner, measure(args, runner))
+    except BenchError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    finally:
+        if args.keep:
+            progress(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

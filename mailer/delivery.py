@@ -1,0 +1,170 @@
+"""A live send of a campaign: check everything, consult the send log, send what is due.
+
+The order is what makes a send safe to interrupt and repeat:
+1. every row is validated and every letter built (`Campaign.letters`); any problem stops the
+   run before anything is written or sent;
+2. the log is locked (one sender per log), stale ``sending`` rows become ``unknown``, and every
+   letter is registered ``pending`` in one transaction;
+3. letters whose state says they are due are sent; each outcome lands in the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import signal
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, TypeVar
+
+from .campaign import Campaign
+from .errors import ConfigError, InputError
+from .outcome import Outcome, Status
+from .sender import Policy, Sender, SendSummary
+from .sendlog import SendLog
+
+
+@dataclass(frozen=True, slots=True)
+class SendOptions:
+    """Which letters a run sends."""
+
+    limit: int | None = None
+    retry_failed: bool = False
+    resend_unknown: bool = False
+
+    def due(self, status: Status | None) -> bool:
+        """Whether a recipient in this state gets the letter in this run."""
+        if status is None or status in (Status.PENDING, Status.DEFERRED):
+            return True
+        return ((status == Status.FAILED and self.retry_failed)
+                or (status == Status.UNKNOWN and self.resend_unknown))
+
+
+@dataclass(slots=True)
+class Plan:
+    """How many letters a run would send, and how many it skips, by their state."""
+
+    letters: int = 0
+    due: int = 0
+    skipped: Counter[Status] = field(default_factory=Counter)
+
+    def explain(self) -> str:
+        """`12 letters to send; skipping 2 already sent, 1 unknown (--resend-unknown ...)`."""
+        text = f"{self.due} letter{'s' * (self.due != 1)} to send"
+        if not self.skipped:
+            return text
+        hints = {Status.SENT: "already sent", Status.FAILED: "failed (--retry-failed to retry)",
+                 Status.UNKNOWN: "unknown: the server may have them (--resend-unknown to resend)",
+                 Status.SENDING: "in flight in a run that stopped"}
+        parts = [f"{n} {hints.get(s, str(s))}" for s, n in sorted(self.skipped.items())]
+        return f"{text}; skipping {', '.join(parts)}"
+
+
+def template_hash(campaign: Campaign) -> str:
+    """SHA-256 of the template file(s), stored with each run and letter."""
+    digest = hashlib.sha256(campaign.template.path.read_bytes())
+    if campaign.template.html_path is not None:
+        digest.update(campaign.template.html_path.read_bytes())
+    return digest.hexdigest()
+
+
+class _Addressed(Protocol):
+    @property
+    def email(self) -> str: ...
+
+
+_T = TypeVar("_T", bound=_Addressed)
+
+
+def classify(items: Iterable[_T], log: SendLog | None, campaign: str, options: SendOptions,
+             plan: Plan) -> Iterator[tuple[_T, Status | None, bool]]:
+    """Each letter (or recipient) with its state in the log and whether it is due now;
+    every one is counted into `plan` as it passes."""
+    for item in items:
+        plan.letters += 1
+        status = log.status(campaign, item.email) if log is not None else None
+        due = options.due(status)
+        if not due:
+            assert status is not None
+            plan.skipped[status] += 1
+        elif options.limit is not None and plan.due >= options.limit:
+            due = False
+        else:
+            plan.due += 1
+        yield item, status, due
+
+
+def select(items: Iterable[_T], log: SendLog | None, campaign: str, options: SendOptions,
+           plan: Plan) -> Iterator[_T]:
+    """Only the letters (or recipients) that are due, counted into `plan`."""
+    return (item for item, _, due in classify(items, log, campaign, options, plan) if due)
+
+
+class Delivery:
+    """A live run: `prepare()` checks and plans, `send()` sends, `close()` releases the log."""
+
+    def __init__(self, campaign: Campaign, log_path: Path, options: SendOptions,
+                 policy: Policy | None = None) -> None:
+        if campaign.settings.placeholder_sender:
+            raise ConfigError("no sender is configured: set MAILER_FROM (your address) and "
+                              "MAILER_SENDER_NAME in .env before a live send")
+        self.campaign = campaign
+        self.options = options
+        self.policy = policy
+        self.log = SendLog.open(log_path)
+        self.run_id: int | None = None
+        self.plan = Plan()
+
+    def prepare(self) -> Plan:
+        """Lock the log, check every letter, register them all; count what is due."""
+        self.log.lock()
+        campaign = self.campaign
+        digest = template_hash(campaign)
+        self.run_id = self.log.begin_run(campaign.name, campaign.settings.public(), digest)
+        recipients = campaign.recipients()
+        self.log.register(campaign.name, campaign.letters(recipients), digest,
+                          keep=lambda: recipients.problem_count == 0)
+        if recipients.problem_count:
+            self._end("refused: the list or template has problems")
+            raise InputError(recipients.problems, f"{recipients.rows} recipients, "
+                             f"{recipients.problem_count} problems; nothing was sent")
+        for _ in select(campaign.recipients(), self.log, campaign.name, self.options,
+                        self.plan):
+            pass
+        return self.plan
+
+    async def send(self, *, on_outcome: Callable[[Outcome], None] | None = None,
+                   stop: asyncio.Event | None = None) -> SendSummary:
+        """Send the due letters; SIGINT/SIGTERM stop it cleanly (in-flight letters finish)."""
+        assert self.run_id is not None, "prepare() first"
+        stop = stop or asyncio.Event()
+        recorder = self.log.recorder(self.campaign.name, self.run_id)
+        sender = Sender(self.campaign.settings, recorder, policy=self.policy,
+                        on_outcome=on_outcome)
+        letters = select(self.campaign.letters(self.campaign.recipients()), self.log,
+                         self.campaign.name, self.options, Plan())
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, stop.set)
+        outcome = "failed"
+        try:
+            summary = await sender.run(letters, stop)
+            outcome = "interrupted" if summary.interrupted else "completed"
+            return summary
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                    loop.remove_signal_handler(sig)
+            self._end(outcome, sender.summary.counts)
+
+    def _end(self, outcome: str, counts: Counter[Status] | None = None) -> None:
+        if self.run_id is not None:
+            self.log.end_run(self.run_id, outcome, {str(k): v for k, v in (counts or {}).items()})
+
+    def close(self) -> None:
+        """Release the log (and its lock)."""
+        self.log.close()

@@ -1,0 +1,225 @@
+"""The sender: letters in, one recorded outcome per letter out.
+
+A producer feeds a bounded queue (so memory stays flat for any list size), holding back
+letters whose domain has its own limit so they do not block the others; `concurrency` workers
+each own one long-lived connection, pace themselves on the shared rate limiter, retry
+transient failures with jittered exponential backoff and hand every outcome to one recorder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .errors import MailerError, TooManyFailures
+from .message import Letter
+from .outcome import Outcome, Status
+from .ratelimit import DomainLimits, RateLimiter
+from .settings import Settings
+from .smtp import Connection, check_security, tls_context
+
+
+class Recorder(Protocol):
+    """Where the sender reports: `sending` must be durable when it returns."""
+
+    async def sending(self, letter: Letter) -> None: ...
+
+    def record(self, outcome: Outcome) -> None: ...
+
+    async def flush(self) -> None: ...
+
+
+class NoLog:
+    """A recorder that keeps nothing: for test sends (`--to`), which are not the campaign."""
+
+    async def sending(self, letter: Letter) -> None:
+        return None
+
+    def record(self, outcome: Outcome) -> None:
+        return None
+
+    async def flush(self) -> None:
+        return None
+
+
+@dataclass(slots=True)
+class SendSummary:
+    """What a run did: outcomes per state, time taken, and whether it was stopped early."""
+
+    counts: Counter[Status] = field(default_factory=Counter)
+    elapsed: float = 0.0
+    interrupted: bool = False
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """How hard to try: attempts and time per letter, backoff, when to give up on a run."""
+
+    max_attempts: int = 5
+    retry_window: float = 600.0
+    backoff: float = 1.0
+    max_backoff: float = 60.0
+    failure_threshold: int = 20
+    held_back: int = 1000
+
+    def delay(self, attempt: int) -> float:
+        """Seconds before try `attempt + 1`: exponential, with full jitter above half."""
+        base: float = min(self.max_backoff, self.backoff * 2.0 ** (attempt - 1))
+        return base * random.uniform(0.5, 1.0)
+
+
+class Sender:
+    """Sends letters through a pool of SMTP connections to the configured server."""
+
+    def __init__(self, settings: Settings, recorder: Recorder, *, policy: Policy | None = None,
+                 on_outcome: Callable[[Outcome], None] | None = None) -> None:
+        check_security(settings)
+        self.settings = settings
+        self.recorder = recorder
+        self.policy = policy or Policy(max_attempts=settings.max_attempts)
+        self.on_outcome = on_outcome
+        self.summary = SendSummary()
+        self._rate = RateLimiter(settings.rate)
+        self._domains = DomainLimits(settings.domain_rates)
+        self._context = tls_context(settings)
+        self._failures_in_a_row = 0
+
+    async def run(self, letters: Iterable[Letter], stop: asyncio.Event | None = None
+                  ) -> SendSummary:
+        """Send every letter (until `stop` is set); return the summary.
+
+        Raises a SendError (login, TLS, too many failures) or LogError that stopped the run,
+        after recording every letter that was in flight.
+        """
+        stop = stop or asyncio.Event()
+        started = time.monotonic()
+        queue: asyncio.Queue[Letter | None] = asyncio.Queue(self.settings.concurrency * 4)
+        connections = [Connection(self.settings, self._context)
+                       for _ in range(self.settings.concurrency)]
+        # Fail fast (bad password, bad certificate, no server) before taking any letter.
+        await connections[0].open()
+        try:
+            async with asyncio.TaskGroup() as group:
+                workers = [group.create_task(self._work(c, queue, stop)) for c in connections]
+                producer = group.create_task(self._produce(letters, queue, len(workers)))
+                group.create_task(self._grace(stop, producer, workers))
+        except BaseExceptionGroup as errors:
+            fatal = errors.subgroup(MailerError)
+            raise (fatal.exceptions[0] if fatal else errors) from None
+        finally:
+            for connection in connections:
+                await connection.quit()
+            await self.recorder.flush()
+            self.summary.elapsed = time.monotonic() - started
+        self.summary.interrupted = stop.is_set()
+        return self.summary
+
+    async def _produce(self, letters: Iterable[Letter], queue: asyncio.Queue[Letter | None],
+                       workers: int) -> None:
+        planner = DomainLimits(self.settings.domain_rates)
+        held: list[tuple[float, int, Letter]] = []
+        for number, letter in enumerate(letters):
+            limiter = planner.for_address(letter.email) if planner else None
+            delay = limiter.reserve() if limiter else 0.0
+            if delay > 0:
+                heapq.heappush(held, (time.monotonic() + delay, number, letter))
+            else:
+                await queue.put(letter)
+            while held and (held[0][0] <= time.monotonic()
+                            or len(held) >= self.policy.held_back):
+                await asyncio.sleep(max(0.0, held[0][0] - time.monotonic()))
+                await queue.put(heapq.heappop(held)[2])
+            await asyncio.sleep(0)  # rendering is CPU work: let the workers run between letters
+        while held:
+            await asyncio.sleep(max(0.0, held[0][0] - time.monotonic()))
+            await queue.put(heapq.heappop(held)[2])
+        for _ in range(workers):
+            await queue.put(None)
+
+    async def _grace(self, stop: asyncio.Event, producer: asyncio.Task[None],
+                     workers: list[asyncio.Task[None]]) -> None:
+        """After a stop, take no new letter; give those in flight a bounded time."""
+        stopped = asyncio.ensure_future(stop.wait())
+        watched: list[asyncio.Future[Any]] = [stopped, *workers]
+        try:
+            while not stop.is_set() and not all(w.done() for w in workers):
+                await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+        if all(w.done() for w in workers):
+            return
+        # Queued letters stay pending; only the one each worker holds may finish.
+        producer.cancel()
+        await asyncio.wait(workers, timeout=self.settings.timeout + 5)
+        for worker in workers:
+            worker.cancel()
+
+    async def _work(self, connection: Connection, queue: asyncio.Queue[Letter | None],
+                    stop: asyncio.Event) -> None:
+        enforcer = DomainLimits(self.settings.domain_rates)
+        while not stop.is_set():
+            letter = await queue.get()
+            if letter is None:
+                return
+            self._finish(await self._deliver(connection, letter, enforcer))
+
+    async def _deliver(self, connection: Connection, letter: Letter,
+                       domains: DomainLimits) -> Outcome:
+        """Try one letter until it is sent, fails for good, or runs out of tries."""
+        deadline = time.monotonic() + self.policy.retry_window
+        in_data = False
+
+        async def mark() -> None:
+            nonlocal in_data
+            await self.recorder.sending(letter)
+            in_data = True
+
+        attempt_number = 0
+        while True:
+            attempt_number += 1
+            limiter = domains.for_address(letter.email) if domains else None
+            if limiter:
+                await limiter.acquire()
+            await self._rate.acquire()
+            try:
+                attempt = await connection.send(letter, mark)
+            except asyncio.CancelledError:
+                status = Status.UNKNOWN if in_data else Status.DEFERRED
+                self._finish(Outcome(letter, status, attempt_number,
+                                     reply="the run was stopped while this letter was in flight"),
+                             pause=False)
+                raise
+            in_data = False
+            delay = self.policy.delay(attempt_number)
+            retry = (attempt.retry and attempt_number < self.policy.max_attempts
+                     and time.monotonic() + delay < deadline)
+            if not retry:
+                return Outcome(letter, attempt.status, attempt_number, attempt.code,
+                               attempt.reply)
+            await asyncio.sleep(delay)
+
+    def _finish(self, outcome: Outcome, *, pause: bool = True) -> None:
+        self.recorder.record(outcome)
+        self.summary.counts[outcome.status] += 1
+        if self.on_outcome is not None:
+            self.on_outcome(outcome)
+        if outcome.status == Status.SENT:
+            self._failures_in_a_row = 0
+            return
+        self._failures_in_a_row += 1
+        if pause and self._failures_in_a_row >= self.policy.failure_threshold:
+            raise TooManyFailures(
+                f"{self._failures_in_a_row} letters in a row were not delivered (the last: "
+                f"{outcome.letter.email}: {outcome.describe()}); the run paused itself. Every "
+                "result is in the send log: fix the cause, then run mailer send again to "
+                "continue", code=outcome.code, recipient=outcome.letter.email)

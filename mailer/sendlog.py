@@ -1,0 +1,352 @@
+"""The send log: a SQLite file that records every recipient's state, durably, across runs.
+
+One row per (campaign, address) and one per run. A letter is marked ``sending`` and committed
+(fsync'd: ``synchronous=FULL``) before its SMTP DATA, and its outcome afterwards, so a run
+killed at any instant leaves every in-flight letter ``sending``; the next run turns those
+into ``unknown`` instead of sending them blindly again. Commits are grouped: all the marks
+that arrive while one commit runs go into the next, so the cost is one fsync per batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+
+from .errors import LogError, LogLocked
+from .message import Letter
+from .outcome import Outcome, Status
+
+SCHEMA_VERSION = 1
+_MIGRATIONS: dict[int, str] = {
+    1: """
+    CREATE TABLE letters (
+        campaign TEXT NOT NULL,
+        email TEXT NOT NULL,            -- casefolded: the identity of a recipient
+        address TEXT NOT NULL,          -- as written in the list
+        line INTEGER,
+        status TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        first_attempt TEXT,
+        last_attempt TEXT,
+        message_id TEXT,
+        reply_code INTEGER,
+        reply_text TEXT,
+        message_sha256 TEXT,
+        template_sha256 TEXT,
+        run_id INTEGER,
+        PRIMARY KEY (campaign, email)
+    ) WITHOUT ROWID;
+    CREATE INDEX letters_status ON letters (campaign, status);
+    CREATE TABLE runs (
+        id INTEGER PRIMARY KEY,
+        campaign TEXT NOT NULL,
+        started TEXT NOT NULL,
+        ended TEXT,
+        settings TEXT NOT NULL,
+        template_sha256 TEXT,
+        outcome TEXT,
+        counts TEXT
+    );
+    """,
+}
+
+
+def now() -> str:
+    """The current time as stored in the log (UTC, ISO 8601, milliseconds)."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One recipient's row, as `mailer log` shows it."""
+
+    campaign: str
+    address: str
+    line: int | None
+    status: Status
+    attempts: int
+    first_attempt: str | None
+    last_attempt: str | None
+    message_id: str | None
+    reply_code: int | None
+    reply_text: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class CampaignSummary:
+    """Counts per state and the span of sending for one campaign."""
+
+    campaign: str
+    counts: dict[Status, int]
+    first_sent: str | None
+    last_sent: str | None
+
+    @property
+    def rate_per_minute(self) -> float | None:
+        """Average letters per minute between the first and last send."""
+        sent = self.counts.get(Status.SENT, 0)
+        if not self.first_sent or not self.last_sent or sent < 2:
+            return None
+        span = (datetime.fromisoformat(self.last_sent)
+                - datetime.fromisoformat(self.first_sent)).total_seconds()
+        return sent / span * 60 if span > 0 else None
+
+
+class SendLog:
+    """An open send log. `SendLog.open(path)` for reading; `lock()` before sending."""
+
+    def __init__(self, path: Path, connection: sqlite3.Connection) -> None:
+        self.path = path
+        self._db = connection
+        self._lock: FileLock | None = None
+
+    @classmethod
+    def open(cls, path: Path, *, create: bool = True) -> SendLog:
+        """Open (and create or migrate) the log; raise LogError with the reason if it can't."""
+        if not create and not path.exists():
+            raise LogError(f"no send log at {path}; nothing has been sent with this log yet")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA busy_timeout = 5000")
+            log = cls(path, db)
+            log._migrate()
+        except (sqlite3.Error, OSError) as error:
+            raise _log_error(path, error) from None
+        return log
+
+    def _migrate(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise LogError(f"{self.path} was written by a newer mailer (schema {version}); "
+                           "upgrade mailer to read it")
+        if version < SCHEMA_VERSION:
+            self._db.execute("PRAGMA journal_mode = WAL")
+        self._db.execute("PRAGMA synchronous = FULL")
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            try:
+                self._db.executescript(f"BEGIN IMMEDIATE; {_MIGRATIONS[target]}; "
+                                       f"PRAGMA user_version = {target}; COMMIT;")
+            except sqlite3.Error:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            yield self._db
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
+
+    def lock(self) -> None:
+        """Hold the log for one sending process; a second one gets LogLocked."""
+        lock = FileLock(f"{self.path}.lock", timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise LogLocked(f"another mailer send is using {self.path}; wait for it to finish "
+                            "(or stop it) before starting another") from None
+        except OSError as error:
+            raise _log_error(self.path, error) from None
+        self._lock = lock
+
+    def close(self) -> None:
+        """Close the database and release the lock."""
+        self._db.close()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    # -- a run ------------------------------------------------------------------------------
+
+    def begin_run(self, campaign: str, settings: dict[str, str], template_sha256: str) -> int:
+        """Record a run's start; turn letters a dead run left `sending` into `unknown`.
+
+        This is the first write of a run, so a read-only or full disk fails here, before
+        anything is sent.
+        """
+        try:
+            with self._transaction() as db:
+                db.execute("UPDATE letters SET status = ? WHERE campaign = ? AND status = ?",
+                           (Status.UNKNOWN, campaign, Status.SENDING))
+                cursor = db.execute(
+                    "INSERT INTO runs (campaign, started, settings, template_sha256) "
+                    "VALUES (?, ?, ?, ?)", (campaign, now(), json.dumps(settings),
+                                            template_sha256))
+        except sqlite3.Error as error:
+            raise _log_error(self.path, error) from None
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    def register(self, campaign: str, letters: Iterable[Letter], template_sha256: str, *,
+                 keep: Callable[[], bool] = lambda: True) -> int:
+        """Add every letter not yet in the log as `pending`, in one transaction; count them.
+
+        If `keep()` is false once the letters are consumed (a problem turned up on the way),
+        nothing is added.
+        """
+        rows = ((campaign, letter.email.casefold(), letter.email, letter.line, Status.PENDING,
+                 letter.message_id, template_sha256) for letter in letters)
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                before = self._db.total_changes
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO letters (campaign, email, address, line, status, "
+                    "message_id, template_sha256) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+                added = self._db.total_changes - before
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT" if keep() else "ROLLBACK")
+        except sqlite3.Error as error:
+            raise _log_error(self.path, error) from None
+        return added
+
+    def status(self, campaign: str, email: str) -> Status | None:
+        """A recipient's state in a campaign (None if never registered)."""
+        row = self._db.execute("SELECT status FROM letters WHERE campaign = ? AND email = ?",
+                               (campaign, email.casefold())).fetchone()
+        return Status(row[0]) if row else None
+
+    def end_run(self, run_id: int, outcome: str, counts: dict[str, int]) -> None:
+        """Record how a run ended."""
+        try:
+            with self._transaction() as db:
+                db.execute("UPDATE runs SET ended = ?, outcome = ?, counts = ? WHERE id = ?",
+                           (now(), outcome, json.dumps(counts), run_id))
+        except sqlite3.Error as error:
+            raise _log_error(self.path, error) from None
+
+    def recorder(self, campaign: str, run_id: int) -> Recorder:
+        """The object the sender hands marks and outcomes to, for this run."""
+        return Recorder(self, campaign, run_id)
+
+    def write(self, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
+        """Run statements in one durable transaction (the recorder's batches)."""
+        with self._transaction() as db:
+            for sql, parameters in statements:
+                db.execute(sql, parameters)
+
+    # -- review -----------------------------------------------------------------------------
+
+    def campaigns(self) -> list[str]:
+        """Every campaign in the log, in the order they were first seen."""
+        rows = self._db.execute("SELECT campaign FROM runs GROUP BY campaign ORDER BY MIN(id)")
+        return [row[0] for row in rows]
+
+    def summary(self, campaign: str) -> CampaignSummary:
+        """Counts per state and first/last send time of a campaign."""
+        counts = {Status(s): n for s, n in self._db.execute(
+            "SELECT status, COUNT(*) FROM letters WHERE campaign = ? GROUP BY status",
+            (campaign,))}
+        first, last = self._db.execute(
+            "SELECT MIN(last_attempt), MAX(last_attempt) FROM letters "
+            "WHERE campaign = ? AND status = ?", (campaign, Status.SENT)).fetchone()
+        return CampaignSummary(campaign, counts, first, last)
+
+    def entries(self, campaign: str, statuses: Iterable[Status]) -> Iterator[Entry]:
+        """Rows of a campaign in these states, in list order."""
+        rows = self._db.execute(
+            "SELECT campaign, address, line, status, attempts, first_attempt, last_attempt, "
+            "message_id, reply_code, reply_text FROM letters WHERE campaign = ? AND status IN "
+            "(SELECT value FROM json_each(?)) ORDER BY line, email",
+            (campaign, json.dumps([str(s) for s in statuses])))
+        for row in rows:
+            yield Entry(row[0], row[1], row[2], Status(row[3]), *row[4:])
+
+
+class Recorder:
+    """Group-commits a run's marks and outcomes; `sending` waits until its mark is durable."""
+
+    def __init__(self, log: SendLog, campaign: str, run_id: int) -> None:
+        self._log = log
+        self._campaign = campaign
+        self._run_id = run_id
+        self._batch: list[tuple[str, tuple[Any, ...]]] = []
+        self._waiters: list[asyncio.Future[None]] = []
+        self._flushing: asyncio.Task[None] | None = None
+        self.error: LogError | None = None
+
+    async def sending(self, letter: Letter) -> None:
+        """Mark `letter` as being sent; return once that is on disk."""
+        stamp = now()
+        self._batch.append((
+            "UPDATE letters SET status = ?, attempts = attempts + 1, "
+            "first_attempt = COALESCE(first_attempt, ?), last_attempt = ?, message_sha256 = ?,"
+            " run_id = ? WHERE campaign = ? AND email = ?",
+            (Status.SENDING, stamp, stamp, letter.sha256, self._run_id, self._campaign,
+             letter.email.casefold())))
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        self._schedule()
+        await waiter
+
+    def record(self, outcome: Outcome) -> None:
+        """Queue a letter's outcome (written with the next batch; never blocks)."""
+        self._batch.append((
+            "UPDATE letters SET status = ?, reply_code = ?, reply_text = ?, last_attempt = ? "
+            "WHERE campaign = ? AND email = ?",
+            (outcome.status, outcome.code, outcome.reply[:1000], now(), self._campaign,
+             outcome.letter.email.casefold())))
+        self._schedule()
+
+    async def flush(self) -> None:
+        """Wait until everything queued so far is written."""
+        while self._flushing is not None or self._batch:
+            if self._flushing is None:
+                self._schedule()
+            assert self._flushing is not None
+            await asyncio.shield(self._flushing)
+        if self.error is not None:
+            raise self.error
+
+    def _schedule(self) -> None:
+        if self._flushing is None and self._batch:
+            self._flushing = asyncio.get_running_loop().create_task(self._flush())
+
+    async def _flush(self) -> None:
+        try:
+            while self._batch:
+                batch, self._batch = self._batch, []
+                waiters, self._waiters = self._waiters, []
+                try:
+                    await asyncio.to_thread(self._log.write, batch)
+                except sqlite3.Error as error:
+                    self.error = _log_error(self._log.path, error)
+                    for waiter in waiters:
+                        if not waiter.done():
+                            waiter.set_exception(self.error)
+                    continue
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_result(None)
+        finally:
+            self._flushing = None
+
+
+def _log_error(path: Path, error: BaseException) -> LogError:
+    text = str(error)
+    if "readonly" in text or "read-only" in text or isinstance(error, PermissionError):
+        hint = "the file or its folder is read-only; make it writable or choose --log PATH"
+    elif "full" in text:
+        hint = "the disk is full; free some space or choose --log PATH on another disk"
+    elif "locked" in text:
+        hint = "another program holds the database; close it and try again"
+    else:
+        hint = "choose another file with --log PATH"
+    return LogError(f"send log {path}: {text}; {hint}")
