@@ -44,6 +44,7 @@ import hashlib
 import json
 import os
 import random
+import resource
 import shutil
 import statistics
 import subprocess
@@ -163,9 +164,12 @@ class Workspace:
 def snapshot(root: Path) -> tuple[Path, str]:
     """Copy the mailer package under `root`, so every run measures the same code even while
     the working tree changes; returns the folder for PYTHONPATH and a hash of the sources."""
-    import mailer  # the package only (its __init__), to find the copy in use
+    from importlib.util import find_spec
 
-    package = Path(mailer.__file__).parent
+    spec = find_spec("mailer")  # finds the package in use without importing it
+    if spec is None or spec.origin is None:
+        raise BenchError("mailer is not installed; pip install -e .")
+    package = Path(spec.origin).parent
     target = root / "src" / "mailer"
     shutil.copytree(package, target, ignore=shutil.ignore_patterns("__pycache__"))
     digest = hashlib.sha256()
@@ -442,7 +446,8 @@ def print_table(title: str, series: list[Series]) -> None:
         times = item.times()
         spread = f"[{min(times):.2f}-{max(times):.2f}]"
         peak = f"{item.peak_mb():8.1f}" if item.samples[0].peak_kib else f"{'':8}"
-        rows, rate = (f"{item.rows:9,d}", f"{item.rate():10,.0f}") if item.rows else ("", "")
+        rows = f"{item.rows:9,d}" if item.rows else ""
+        rate = f"{item.rate():10,.0f}" if item.rows and item.median() >= 0.01 else ""
         print(f"{item.label:44} {rows:>9} {item.median():9.2f} {spread:>15} {rate:>10} {peak}")
 
 
@@ -595,6 +600,8 @@ def report(args: argparse.Namespace, runner: Runner, series: list[Series]) -> No
              f" (the goal is at {GOAL_ROWS:,}: run --rows {GOAL_ROWS} --no-outbox)")
     print(f"peak RSS, render only at {runner.rows:,} rows: {peak:.1f} MB "
           f"(goal < {GOAL_MB} MB: {verdict}){scale}")
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"(this parent process peaked at {own:.1f} MB; a child's figure cannot be lower)")
 
 
 def main(argv: list[str] | None = None) -> int:

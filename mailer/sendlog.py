@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -280,11 +281,14 @@ class Recorder:
         self._batch: list[tuple[str, tuple[Any, ...]]] = []
         self._waiters: list[asyncio.Future[None]] = []
         self._flushing: asyncio.Task[None] | None = None
+        # Letters whose `sending` mark already counted one attempt (only those in flight).
+        self._marked: Counter[str] = Counter()
         self.error: LogError | None = None
 
     async def sending(self, letter: Letter) -> None:
         """Mark `letter` as being sent; return once that is on disk."""
         stamp = now()
+        self._marked[letter.email] += 1
         self._batch.append((
             "UPDATE letters SET status = ?, attempts = attempts + 1, "
             "first_attempt = COALESCE(first_attempt, ?), last_attempt = ?, message_sha256 = ?,"
@@ -298,11 +302,15 @@ class Recorder:
 
     def record(self, outcome: Outcome) -> None:
         """Queue a letter's outcome (written with the next batch; never blocks)."""
+        email = outcome.letter.email
+        uncounted = outcome.attempts - self._marked.pop(email, 0)
+        stamp = now()
         self._batch.append((
-            "UPDATE letters SET status = ?, reply_code = ?, reply_text = ?, last_attempt = ? "
-            "WHERE campaign = ? AND email = ?",
-            (outcome.status, outcome.code, outcome.reply[:1000], now(), self._campaign,
-             outcome.letter.email.casefold())))
+            "UPDATE letters SET status = ?, reply_code = ?, reply_text = ?, "
+            "attempts = attempts + ?, first_attempt = COALESCE(first_attempt, ?), "
+            "last_attempt = ? WHERE campaign = ? AND email = ?",
+            (outcome.status, outcome.code, outcome.reply[:1000], uncounted, stamp, stamp,
+             self._campaign, email.casefold())))
         self._schedule()
 
     async def flush(self) -> None:

@@ -69,13 +69,19 @@ class RecordingHandler:
         self.messages: list[Received] = []
         self.commands: Counter[str] = Counter()
         self._maildir = mailbox.Maildir(maildir, create=True) if maildir else None
-        self._on_message = on_message
+        self.on_message = on_message
         self._lock = threading.Lock()
 
     def by_recipient(self) -> Counter[str]:
         """How many messages each envelope recipient received."""
         with self._lock:
             return Counter(rcpt.lower() for m in self.messages for rcpt in m.rcpt_tos)
+
+    async def handle_EHLO(self, server: SMTPServer, session: Session, envelope: Envelope,
+                          hostname: str, responses: list[str]) -> list[str]:
+        self.commands["EHLO"] += 1
+        session.host_name = hostname
+        return responses
 
     async def handle_MAIL(self, server: SMTPServer, session: Session, envelope: Envelope,
                           address: str, mail_options: list[str]) -> str:
@@ -115,8 +121,8 @@ class RecordingHandler:
             self.messages.append(message)
         if self._maildir is not None:
             self._maildir.add(data)
-        if self._on_message is not None:
-            self._on_message(message)
+        if self.on_message is not None:
+            self.on_message(message)
         faults = self.faults
         if faults.drop_after_data > 0:
             faults.drop_after_data -= 1

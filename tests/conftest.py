@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import ssl
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+import trustme
+from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from mailer.cli import main
+from mailer.message import Letter
+from mailer.outcome import Status
+from mailer.sender import Policy, Sender, SendSummary
+from mailer.sendlog import Entry, SendLog
 from mailer.settings import Rate, Settings
+from mailer.sink import Faults, RecordingHandler, start_sink
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -90,3 +100,125 @@ def run(files: CampaignFiles, capsys: pytest.CaptureFixture[str]) -> Callable[..
         return Result(code, captured.out, captured.err)
 
     return invoke
+
+
+# -- SMTP servers -----------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    """A running aiosmtpd server on 127.0.0.1 and the handler that records what it gets."""
+
+    handler: RecordingHandler
+    port: int
+    host: str = "127.0.0.1"
+
+    def settings(self, **changes: Any) -> Settings:
+        """Settings that send to this server as fast as it takes letters."""
+        values: dict[str, Any] = {"from_address": "organiser@example.org",
+                                  "sender_name": "Olive Organiser", "smtp_host": self.host,
+                                  "smtp_port": self.port, "rate": Rate(0), "timeout": 2.0,
+                                  "concurrency": 2}
+        return Settings(**{**values, **changes})
+
+    def env(self) -> dict[str, str]:
+        """Environment variables that point a `mailer` subprocess at this server."""
+        return {"MAILER_FROM": "organiser@example.org", "MAILER_SENDER_NAME": "Olive Organiser",
+                "MAILER_SMTP_HOST": self.host, "MAILER_SMTP_PORT": str(self.port),
+                "MAILER_RATE": "0", "MAILER_TIMEOUT": "2"}
+
+
+@pytest.fixture
+def smtp_server(request: pytest.FixtureRequest) -> Iterator[Server]:
+    """A plain SMTP server on a random port; `@pytest.mark.faults(Faults(...))` makes it
+    misbehave."""
+    marker = request.node.get_closest_marker("faults")
+    handler = RecordingHandler(faults=marker.args[0] if marker else Faults())
+    controller = start_sink(handler)
+    yield Server(handler, controller.port)
+    controller.stop()
+
+
+USER, PASSWORD = "organiser", "correct horse battery staple"
+
+
+def _authenticate(server: Any, session: Any, envelope: Any, mechanism: str,
+                  auth_data: Any) -> AuthResult:
+    ok = (isinstance(auth_data, LoginPassword) and auth_data.login == USER.encode()
+          and auth_data.password == PASSWORD.encode())
+    # handled=False: aiosmtpd sends the 235/535 reply itself (True would leave the client hanging).
+    return AuthResult(success=ok, handled=False)
+
+
+@pytest.fixture(scope="session")
+def ca() -> trustme.CA:
+    """A throwaway certificate authority, trusted only by the tests that ask for it."""
+    return trustme.CA()
+
+
+@pytest.fixture
+def ca_file(ca: trustme.CA, tmp_path: Path) -> Path:
+    path = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return path
+
+
+@pytest.fixture
+def tls_server(ca: trustme.CA) -> Iterator[Server]:
+    """A server that requires STARTTLS (certificate for 127.0.0.1) and then AUTH."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
+    handler = RecordingHandler()
+    controller = start_sink(handler, tls_context=context, require_starttls=True,
+                            authenticator=_authenticate, auth_required=True)
+    yield Server(handler, controller.port)
+    controller.stop()
+
+
+def make_letters(count: int, domain: str = "example.org", start: int = 0) -> list[Letter]:
+    """Small, distinct letters built directly (no template), for sender tests."""
+    letters = []
+    for number in range(start, start + count):
+        email = f"person{number}@{domain}"
+        data = (f"From: organiser@example.org\r\nTo: {email}\r\nSubject: letter {number}\r\n"
+                f"Message-ID: <{number}@example.org>\r\n\r\nDear person {number}\r\n").encode()
+        letters.append(Letter(number + 2, email, "organiser@example.org", (email,),
+                              f"<{number}@example.org>", data))
+    return letters
+
+
+@dataclass
+class LoggedSend:
+    """A sender run recorded in a real send log, for tests that check both ends."""
+
+    summary: SendSummary
+    log: SendLog
+
+    def status(self, letter: Letter) -> Status | None:
+        return self.log.status("test", letter.email)
+
+    def entry(self, letter: Letter) -> Entry:
+        return next(e for e in self.log.entries("test", list(Status))
+                    if e.address == letter.email)
+
+
+FAST = Policy(backoff=0.01, max_backoff=0.05)
+
+
+@pytest.fixture
+def send_logged(tmp_path: Path) -> Iterator[Callable[..., LoggedSend]]:
+    """Send letters with `Sender` into a fresh send log at tmp_path/log.sqlite3."""
+    logs: list[SendLog] = []
+
+    def run(settings: Settings, letters: list[Letter], policy: Policy = FAST,
+            stop: asyncio.Event | None = None) -> LoggedSend:
+        log = SendLog.open(tmp_path / "log.sqlite3")
+        logs.append(log)
+        run_id = log.begin_run("test", settings.public(), "template-hash")
+        log.register("test", letters, "template-hash")
+        sender = Sender(settings, log.recorder("test", run_id), policy=policy)
+        return LoggedSend(asyncio.run(sender.run(letters, stop)), log)
+
+    yield run
+    for log in logs:
+        log.close()
