@@ -28,7 +28,7 @@ from .outbox import write_outbox
 from .outcome import Outcome, Status
 from .sender import NoLog, Sender, SendSummary
 from .sendlog import Entry, SendLog
-from .settings import PLACEHOLDER_FROM, Settings, load_settings
+from .settings import PLACEHOLDER_FROM, PLACEHOLDER_NAME, Settings, load_settings
 from .sink import Received, RecordingHandler, start_sink
 
 _PATH = click.Path(path_type=Path)
@@ -71,7 +71,7 @@ def check(recipients: Path, template: Path, env_file: Path, allow_duplicates: bo
         click.echo(str(problem))
     click.echo(report.summary())
     if not report.ok:
-        sys.exit(1)
+        raise click.exceptions.Exit(1)
 
 
 @cli.command()
@@ -137,8 +137,9 @@ def normalize_option_address(text: str) -> str:
 def _dry_run(campaign: Campaign, settings: Settings, outbox: Path,
              options: SendOptions) -> None:
     if settings.placeholder_sender:
-        click.echo(f"No MAILER_FROM is set: letters show the placeholder sender {PLACEHOLDER_FROM}."
-                   " Set MAILER_FROM and MAILER_SENDER_NAME in .env before a live send.\n")
+        click.echo(f"No sender is configured: letters show the placeholder {PLACEHOLDER_NAME} "
+                   f"<{PLACEHOLDER_FROM}>. Set MAILER_FROM and MAILER_SENDER_NAME in .env "
+                   "before a live send.\n")
     recipients = campaign.recipients()
     log = SendLog.open(settings.log, create=False) if settings.log.exists() else None
     plan = Plan()
@@ -172,7 +173,7 @@ def _dry_run(campaign: Campaign, settings: Settings, outbox: Path,
                f"{recipients.problem_count} problem{'s' * (recipients.problem_count != 1)}; "
                "nothing was sent.")
     if recipients.problem_count:
-        sys.exit(1)
+        raise click.exceptions.Exit(1)
 
 
 def _describe_server(settings: Settings) -> str:
@@ -191,6 +192,7 @@ def _confirm(question: str, yes: bool) -> None:
 
 def _test_send(campaign: Campaign, address: str, count: int, yes: bool) -> None:
     settings = campaign.settings
+    settings.require_sender()
     click.echo(f"Test: the first {count} letter{'s' * (count != 1)} go to {address}, not to "
                f"the recipients, via {_describe_server(settings)}. Not recorded in the log.")
     campaign.require_clean()
@@ -198,7 +200,7 @@ def _test_send(campaign: Campaign, address: str, count: int, yes: bool) -> None:
     letters = _first(campaign.letters(campaign.recipients(), redirect_to=address), count)
     sender = Sender(settings, NoLog(), on_outcome=_print_outcome)
     summary = asyncio.run(sender.run(letters))
-    sys.exit(_report(summary))
+    raise click.exceptions.Exit(_report(summary))
 
 
 def _live_send(campaign: Campaign, options: SendOptions, yes: bool) -> None:
@@ -218,7 +220,7 @@ def _live_send(campaign: Campaign, options: SendOptions, yes: bool) -> None:
             summary = asyncio.run(delivery.send(on_outcome=progress.update))
     finally:
         delivery.close()
-    sys.exit(_report(summary))
+    raise click.exceptions.Exit(_report(summary))
 
 
 def _print_outcome(outcome: Outcome) -> None:
@@ -398,7 +400,8 @@ def _readable(data: bytes) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; turn MailerError into its message and exit code, never a traceback."""
     try:
-        cli.main(args=argv, prog_name="mailer", standalone_mode=False)
+        # Without standalone mode, click returns a command's Exit code instead of exiting.
+        code = cli.main(args=argv, prog_name="mailer", standalone_mode=False)
     except MailerError as error:
         click.echo(f"error: {error}" if "\n" not in str(error) else str(error), err=True)
         return error.exit_code
@@ -408,9 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as error:
         error.show()
         return error.exit_code
-    except click.exceptions.Exit as exit_:
-        return exit_.exit_code
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
         return 130
-    return 0
+    return code if isinstance(code, int) else 0

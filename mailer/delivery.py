@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 from .campaign import Campaign
-from .errors import ConfigError, InputError
+from .errors import InputError
 from .outcome import Outcome, Status
 from .sender import Policy, Sender, SendSummary
 from .sendlog import SendLog
@@ -108,9 +108,7 @@ class Delivery:
 
     def __init__(self, campaign: Campaign, log_path: Path, options: SendOptions,
                  policy: Policy | None = None) -> None:
-        if campaign.settings.placeholder_sender:
-            raise ConfigError("no sender is configured: set MAILER_FROM (your address) and "
-                              "MAILER_SENDER_NAME in .env before a live send")
+        campaign.settings.require_sender()
         self.campaign = campaign
         self.options = options
         self.policy = policy

@@ -144,7 +144,13 @@ class Settings(BaseModel):
     @property
     def placeholder_sender(self) -> bool:
         """True when no real sender was configured: fine for a dry run, refused for a send."""
-        return self.from_address == PLACEHOLDER_FROM
+        return self.from_address == PLACEHOLDER_FROM or self.sender_name == PLACEHOLDER_NAME
+
+    def require_sender(self) -> None:
+        """Raise ConfigError unless a real sender address and name are configured."""
+        if self.placeholder_sender:
+            raise ConfigError("no sender is configured: set MAILER_FROM (your address) and "
+                              "MAILER_SENDER_NAME in .env before a live send")
 
     @property
     def security(self) -> Literal["starttls", "tls", "none"]:

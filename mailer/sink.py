@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import mailbox
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ class Received:
     mail_from: str
     rcpt_tos: tuple[str, ...]
     data: bytes
+    at: float = 0.0  # time.monotonic() on arrival
 
     @property
     def subject(self) -> str:
@@ -116,7 +118,8 @@ class RecordingHandler:
         self.commands["DATA"] += 1
         content = envelope.original_content or envelope.content or b""
         data = content if isinstance(content, bytes) else content.encode()
-        message = Received(envelope.mail_from or "", tuple(envelope.rcpt_tos), data)
+        message = Received(envelope.mail_from or "", tuple(envelope.rcpt_tos), data,
+                           time.monotonic())
         with self._lock:
             self.messages.append(message)
         if self._maildir is not None:

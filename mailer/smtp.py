@@ -85,9 +85,17 @@ class Connection:
                             "MAILER_SMTP_PASSWORD", code=error.code) from None
         except ssl.SSLError as error:
             smtp.close()
-            raise TLSError(f"TLS with {self.server} failed: {error.reason or error}; the "
+            detail = getattr(error, "verify_message", None)
+            reason = f"{error.reason}: {detail}" if detail else (error.reason or str(error))
+            raise TLSError(f"TLS with {self.server} failed: {reason}; the "
                            "certificate must be valid for the host (or set "
                            "MAILER_SMTP_CA_FILE to trust a private CA)") from None
+        except (aiosmtplib.SMTPConnectError, OSError) as error:
+            smtp.close()
+            raise ServerUnreachable(f"cannot connect to {self.server}: "
+                                    f"{getattr(error, 'message', None) or error}; is the server "
+                                    "running? check MAILER_SMTP_HOST and MAILER_SMTP_PORT"
+                                    ) from None
         except aiosmtplib.SMTPException as error:
             smtp.close()
             message = getattr(error, "message", str(error))
@@ -95,11 +103,6 @@ class Connection:
                 raise TLSError(f"{self.server}: {message}; the server offers no STARTTLS: "
                                "check MAILER_SMTP_PORT and MAILER_SMTP_SECURITY") from None
             raise ServerUnreachable(f"cannot talk to {self.server}: {message}") from None
-        except OSError as error:
-            smtp.close()
-            raise ServerUnreachable(f"cannot connect to {self.server}: "
-                                    f"{error.strerror or error}; is the server running? "
-                                    "check MAILER_SMTP_HOST and MAILER_SMTP_PORT") from None
         self._smtp = smtp
 
     def close(self) -> None:

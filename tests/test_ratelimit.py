@@ -1,0 +1,87 @@
+"""Pacing: the shared rate limit and per-domain limits, in isolation and against a server."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+
+import pytest
+from conftest import LoggedSend, Server, make_letters
+
+from mailer.ratelimit import DomainLimits, RateLimiter
+from mailer.settings import Rate
+
+Send = Callable[..., LoggedSend]
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_slots_are_spaced_evenly() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(Rate(4), clock=clock)
+    assert [limiter.reserve() for _ in range(4)] == [0.0, 0.25, 0.5, 0.75]
+
+
+def test_an_idle_limiter_does_not_bank_a_burst() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(Rate(2), clock=clock)
+    limiter.reserve()
+    clock.now += 60
+    assert [limiter.reserve() for _ in range(3)] == [0.0, 0.5, 1.0]
+
+
+def test_a_burst_allows_that_many_at_once_then_paces() -> None:
+    limiter = RateLimiter(Rate(10), burst=3, clock=FakeClock())
+    assert [round(limiter.reserve(), 3) for _ in range(5)] == [0.0, 0.0, 0.0, 0.1, 0.2]
+
+
+def test_zero_means_no_limit() -> None:
+    limiter = RateLimiter(Rate.parse("0"), clock=FakeClock())
+    assert {limiter.reserve() for _ in range(1000)} == {0.0}
+
+
+@pytest.mark.parametrize(("text", "per_second"), [("30/min", 0.5), ("2/s", 2.0),
+                                                  ("1000/h", 1000 / 3600), ("10/second", 10.0)])
+def test_rates_parse(text: str, per_second: float) -> None:
+    assert Rate.parse(text).per_second == pytest.approx(per_second)
+
+
+@pytest.mark.parametrize("text", ["fast", "10/fortnight", "-1/s", "/s", "5"])
+def test_a_bad_rate_says_how_to_write_one(text: str) -> None:
+    with pytest.raises(ValueError, match="write it like 30/min, 2/s, 1000/h, or 0"):
+        Rate.parse(text)
+
+
+def test_a_domain_limit_covers_its_subdomains() -> None:
+    limits = DomainLimits({"europa.eu": Rate(1)})
+    assert limits.for_address("mep@europarl.europa.eu") is limits.for_address("x@europa.eu")
+    assert limits.for_address("someone@example.org") is None
+
+
+def test_sending_keeps_to_the_rate(smtp_server: Server, send_logged: Send) -> None:
+    # 100 letters at 20/s over 4 connections: 99 intervals of 50 ms after the first.
+    send_logged(smtp_server.settings(rate="20/s", concurrency=4), make_letters(100))
+    times = sorted(m.at for m in smtp_server.handler.messages)
+    elapsed = times[-1] - times[0]
+    busiest = max(sum(1 for t in times if start <= t < start + 1.0) for start in times)
+    assert 4.7 <= elapsed <= 5.6  # 4.95 s, with scheduling jitter either way
+    assert busiest <= 21  # the rate, plus one letter of burst at a window's edge
+
+
+def test_a_slow_domain_does_not_hold_up_the_others(smtp_server: Server,
+                                                   send_logged: Send) -> None:
+    slow = make_letters(4, domain="slow.example")
+    fast = make_letters(30, domain="fast.example", start=10)
+    settings = smtp_server.settings(domain_rates={"slow.example": Rate(4)}, concurrency=2)
+    send_logged(settings, slow + fast)
+    arrivals = {m.rcpt_tos[0]: m.at for m in smtp_server.handler.messages}
+    slow_times = sorted(arrivals[letter.email] for letter in slow)
+    last_fast = max(arrivals[letter.email] for letter in fast)
+    assert all(b - a >= 0.2 for a, b in itertools.pairwise(slow_times))
+    assert last_fast < slow_times[-1]

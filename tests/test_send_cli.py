@@ -1,0 +1,101 @@
+"""`mailer send` live, through the CLI, against a real server: what users see and get."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+import pytest
+from conftest import CampaignFiles, Result, Server
+
+from mailer.sink import Faults
+
+Run = Callable[..., Result]
+
+
+@pytest.fixture
+def server_env(smtp_server: Server, files: CampaignFiles,
+               monkeypatch: pytest.MonkeyPatch) -> Server:
+    for key, value in smtp_server.env().items():
+        monkeypatch.setenv(key, value)
+    return smtp_server
+
+
+def test_a_live_send_delivers_and_summarises(server_env: Server, run: Run) -> None:
+    result = run("send", "--yes")
+    assert result.code == 0, result.err
+    assert result.out.splitlines()[0] == "Campaign 'letter': 2 letters to send."
+    assert re.search(r"^Done: 2 sent in \d+\.\ds \(\d+\.\d letters/s\)\.$", result.out, re.M)
+    assert server_env.handler.by_recipient() == {"ada@example.org": 1, "grace@example.net": 1}
+
+
+def test_without_a_terminal_or_yes_nothing_is_sent(server_env: Server, run: Run) -> None:
+    result = run("send")
+    assert result.code == 2
+    assert result.err == ("error: not sending: there is no terminal to confirm on; add --yes "
+                          "to send without asking\n")
+    assert server_env.handler.messages == []
+
+
+def test_a_live_send_needs_a_real_sender(server_env: Server, run: Run,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MAILER_FROM")
+    result = run("send", "--yes")
+    assert result.code == 2
+    assert result.err == ("error: no sender is configured: set MAILER_FROM (your address) and "
+                          "MAILER_SENDER_NAME in .env before a live send\n")
+    assert server_env.handler.messages == []
+
+
+def test_a_second_run_sends_nothing_again(server_env: Server, run: Run) -> None:
+    run("send", "--yes")
+    result = run("send", "--yes")
+    assert result.code == 0
+    assert result.out == ("Campaign 'letter': 0 letters to send; skipping 2 already sent.\n"
+                          "Nothing to send.\n")
+    assert len(server_env.handler.messages) == 2
+
+
+def test_limit_sends_the_first_letters_and_the_rest_later(server_env: Server, run: Run) -> None:
+    run("send", "--yes", "--limit", "1")
+    assert server_env.handler.by_recipient() == {"ada@example.org": 1}
+    run("send", "--yes")
+    assert server_env.handler.by_recipient() == {"ada@example.org": 1, "grace@example.net": 1}
+
+
+def test_a_test_send_goes_only_to_the_given_address(server_env: Server, run: Run,
+                                                    files: CampaignFiles) -> None:
+    result = run("send", "--yes", "--to", "me@example.com")
+    assert result.code == 0, result.err
+    assert [m.rcpt_tos for m in server_env.handler.messages] == [("me@example.com",)]
+    assert b"Dear Dr Ada Lovelace" in server_env.handler.messages[0].data
+    assert not (files.root / "mailer-log.sqlite3").exists()
+
+
+@pytest.mark.faults(Faults(rcpt={"grace@example.net": "550 5.1.1 no such user"}))
+def test_a_refused_letter_makes_the_exit_code_1(server_env: Server, run: Run) -> None:
+    result = run("send", "--yes")
+    assert result.code == 1
+    assert "failed   grace@example.net  550 5.1.1 no such user" in result.out
+
+
+def test_a_bad_setting_names_the_key(server_env: Server, run: Run,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAILER_RATE", "fast")
+    result = run("send", "--yes")
+    assert result.code == 2
+    assert result.err.startswith("error: setting MAILER_RATE: 'fast' is not a rate; write it "
+                                 "like 30/min, 2/s, 1000/h, or 0 for no limit")
+    assert "Traceback" not in result.err
+
+
+def test_no_server_is_a_clear_error(files: CampaignFiles, run: Run,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAILER_FROM", "organiser@example.org")
+    monkeypatch.setenv("MAILER_SENDER_NAME", "Olive Organiser")
+    monkeypatch.setenv("MAILER_SMTP_HOST", "127.0.0.1")
+    monkeypatch.setenv("MAILER_SMTP_PORT", "9")
+    result = run("send", "--yes")
+    assert result.code == 1
+    assert result.err.startswith("error: cannot connect to 127.0.0.1:9: ")
+    assert "is the server running? check MAILER_SMTP_HOST and MAILER_SMTP_PORT" in result.err
