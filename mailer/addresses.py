@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 
-from email_validator import EmailNotValidError, validate_email
+from email_validator import EmailNotValidError, ValidatedEmail, validate_email
 from email_validator.rfc_constants import CASE_INSENSITIVE_MAILBOX_NAMES
 
 # RFC 5322 atext, dot-separated: the only local parts whose validity cannot depend on anything
@@ -29,7 +29,8 @@ class InvalidAddress(ValueError):
 
 
 def normalize_address(text: str) -> str:
-    """Return the normalized address (domain lower-cased, IDNA-checked) or raise InvalidAddress.
+    """Return the normalized ASCII address (domain lower-cased, international domains as
+    punycode) or raise InvalidAddress.
 
     No DNS look-up is made. Raises for anything email-validator would reject.
     """
@@ -53,7 +54,7 @@ def _domain(domain: str) -> str | None:
         result = validate_email(f"a@{domain}", check_deliverability=False, allow_smtputf8=False)
     except EmailNotValidError:
         return None
-    return result.normalized.rpartition("@")[2]
+    return _ascii(result).rpartition("@")[2]
 
 
 def _full(text: str) -> str:
@@ -61,7 +62,12 @@ def _full(text: str) -> str:
         result = validate_email(text, check_deliverability=False, allow_smtputf8=False)
     except EmailNotValidError as error:
         raise InvalidAddress(str(error)) from None
-    return result.normalized
+    return _ascii(result)
+
+
+def _ascii(result: ValidatedEmail) -> str:
+    # SMTP envelopes and our headers are ASCII: an international domain goes as punycode.
+    return result.ascii_email or result.normalized
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ the list's size: only a 64-bit hash per address is kept to find duplicates).
 from __future__ import annotations
 
 import csv
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +42,15 @@ def _single_line(value: str) -> str:
     if "\r" in value or "\n" in value:
         raise ValueError("contains a line break, but it is used in a mail header; "
                          "put it on one line")
+    control = _CONTROL.search(value)
+    if control:
+        raise ValueError(f"contains a control character (U+{ord(control[0]):04X}), but it is "
+                         "used in a mail header; remove it")
     return value
+
+
+# ASCII controls but tab: a mail reader flags them in a header even when encoded (RFC 2047).
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 def _required(value: str) -> str:

@@ -114,6 +114,8 @@ class Settings(BaseModel):
     def _single_line(cls, value: str | None) -> str | None:
         if value is not None and any(c in value for c in "\r\n\0"):
             raise ValueError("must be a single line (no line breaks)")
+        if value is not None and re.search(r"[\x00-\x08\x0a-\x1f\x7f]", value):
+            raise ValueError("must not contain control characters")
         return value
 
     @field_validator("smtp_security", mode="before")

@@ -4,6 +4,8 @@ aiosmtplib serialises everything on one `SMTP` object, so parallel sending takes
 `Connection` per worker. Each letter is sent as MAIL, RCPT..., DATA by hand rather than with
 `sendmail`, because the outcome depends on *when* a failure happens: before DATA the server
 certainly does not have the letter (safe to retry); during or after DATA it may (``unknown``).
+MAIL and RCPT go through `execute_command` with the addresses we validated: aiosmtplib's
+`mail`/`rcpt` re-parse them with `email.utils.parseaddr` (slow, and see CVE-2023-27043).
 """
 
 from __future__ import annotations
@@ -76,6 +78,8 @@ class Connection:
             local_hostname="localhost" if is_loopback(settings.smtp_host) else None)
         try:
             await smtp.connect()
+            if smtp.is_ehlo_or_helo_needed:
+                await smtp.ehlo()
             if settings.smtp_username and password is not None:
                 await smtp.login(settings.smtp_username, password)
         except aiosmtplib.SMTPAuthenticationError as error:
@@ -133,25 +137,24 @@ class Connection:
         assert smtp is not None
         in_data = False
         try:
-            await smtp.mail(letter.sender)
+            reply = await smtp.execute_command(b"MAIL", b"FROM:<%s>" % letter.sender.encode())
+            if reply.code != 250:
+                await _reset(smtp)
+                return _reply(reply.code, reply.message)
             refused = []
             for address in letter.envelope:
-                try:
-                    await smtp.rcpt(address)
-                except aiosmtplib.SMTPRecipientRefused as error:
-                    refused.append(error)
+                reply = await smtp.execute_command(b"RCPT", b"TO:<%s>" % address.encode())
+                if reply.code not in (250, 251):
+                    refused.append((address, reply))
             if len(refused) == len(letter.envelope):
-                await smtp.rset()
-                worst = refused[0]
-                return _reply(worst.code, worst.message)
+                await _reset(smtp)
+                return _reply(refused[0][1].code, refused[0][1].message)
             await before_data()
             in_data = True
             response = await smtp.data(letter.data)
         except aiosmtplib.SMTPResponseException as error:
             if error.code == 421 or not smtp.is_connected:
                 self.close()
-            elif not in_data:
-                await _reset(smtp)
             return _reply(error.code, error.message)
         except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError,
                 ConnectionError, TimeoutError) as error:
@@ -161,10 +164,8 @@ class Connection:
                 return Attempt(Status.UNKNOWN, reply=f"{reason} during DATA: the server may "
                                "have the letter")
             return Attempt(Status.DEFERRED, reply=reason, retry=True)
-        note = "".join(f"; {e.recipient} refused: {e.code} {e.message}" for e in refused)
+        note = "".join(f"; {address} refused: {r.code} {r.message}" for address, r in refused)
         return Attempt(Status.SENT, response.code, response.message + note)
-
-
 def _reply(code: int, message: str) -> Attempt:
     if 400 <= code < 500:
         return Attempt(Status.DEFERRED, code, message, retry=True)

@@ -48,7 +48,12 @@ def _header_value(value: Any) -> Any:
     text = value if isinstance(value, str) else str(value)
     if "\r" in text or "\n" in text or "\0" in text:
         raise RenderError("a value placed in a header contains a line break")
+    if _CONTROL.search(text):  # flagged by mail readers even when RFC 2047-encoded
+        raise RenderError("a value placed in a header contains a control character")
     return value
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 def _address_value(value: Any) -> Any:
