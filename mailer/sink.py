@@ -145,7 +145,16 @@ def _drop(server: SMTPServer) -> None:
 class SinkController(Controller):
     """aiosmtpd's Controller, able to listen on port 0 (it reports the port it was given)."""
 
+    def _run(self, ready_event: threading.Event) -> None:
+        try:
+            super()._run(ready_event)
+        finally:
+            # aiosmtpd leaves start() waiting out its whole timeout when binding fails.
+            ready_event.set()
+
     def _trigger_server(self) -> None:
+        if self._thread_exception is not None:
+            raise self._thread_exception
         assert isinstance(self.server, asyncio.Server)
         self.port = self.server.sockets[0].getsockname()[1]
         super()._trigger_server()  # type: ignore[no-untyped-call]
