@@ -88,14 +88,10 @@ class RecordingHandler:
     async def handle_MAIL(self, server: SMTPServer, session: Session, envelope: Envelope,
                           address: str, mail_options: list[str]) -> str:
         self.commands["MAIL"] += 1
-        faults = self.faults
-        if faults.drop_at_mail > 0:
-            faults.drop_at_mail -= 1
-            _drop(server)
-            return "421 4.4.2 connection dropped by fault injection"
-        if faults.slow_mail_times > 0:
-            faults.slow_mail_times -= 1
-            await asyncio.sleep(faults.slow_mail)
+        if self._fire("drop_at_mail"):
+            return _drop(server)
+        if self._fire("slow_mail_times"):
+            await asyncio.sleep(self.faults.slow_mail)
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 OK"
@@ -126,20 +122,25 @@ class RecordingHandler:
             self._maildir.add(data)
         if self.on_message is not None:
             self.on_message(message)
-        faults = self.faults
-        if faults.drop_after_data > 0:
-            faults.drop_after_data -= 1
-            _drop(server)
-            return "421 4.4.2 connection dropped by fault injection"
-        if faults.slow_data_times > 0:
-            faults.slow_data_times -= 1
-            await asyncio.sleep(faults.slow_data)
+        if self._fire("drop_after_data"):
+            return _drop(server)
+        if self._fire("slow_data_times"):
+            await asyncio.sleep(self.faults.slow_data)
         return "250 2.0.0 OK: queued"
 
+    def _fire(self, counter: str) -> bool:
+        """Use up one firing of a counted fault; False once it has none left."""
+        left: int = getattr(self.faults, counter)
+        if left > 0:
+            setattr(self.faults, counter, left - 1)
+        return left > 0
 
-def _drop(server: SMTPServer) -> None:
+
+def _drop(server: SMTPServer) -> str:
+    """Cut the connection without a reply (the returned one never reaches the client)."""
     if isinstance(server.transport, asyncio.Transport):
         server.transport.abort()
+    return "421 4.4.2 connection dropped by fault injection"
 
 
 class SinkController(Controller):
