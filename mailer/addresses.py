@@ -40,10 +40,7 @@ def normalize_address(text: str) -> str:
             and local.lower() not in CASE_INSENSITIVE_MAILBOX_NAMES):  # those are lower-cased
         normal_domain = _domain(domain)
         if normal_domain is not None:
-            normal = f"{local}@{normal_domain}"
-            # An IDNA domain can grow when decoded; email-validator limits the decoded form too.
-            if len(normal.encode("utf-8")) <= _MAX_ADDRESS:
-                return normal
+            return f"{local}@{normal_domain}"
     return _full(text)
 
 
@@ -54,6 +51,8 @@ def _domain(domain: str) -> str | None:
         result = validate_email(f"a@{domain}", check_deliverability=False, allow_smtputf8=False)
     except EmailNotValidError:
         return None
+    if result.ascii_domain != result.domain:
+        return None  # IDNA: email-validator limits the decoded address's length too
     return _ascii(result).rpartition("@")[2]
 
 

@@ -145,15 +145,16 @@ def _dry_run(campaign: Campaign, settings: Settings, outbox: Path,
     plan = Plan()
     skipped: list[str] = []
 
-    def note_skips(letters: Iterable[Letter]) -> Iterator[Letter]:
+    def due_letters(letters: Iterable[Letter]) -> Iterator[Letter]:
         for letter, status, due in classify(letters, log, campaign.name, options, plan):
-            if not due and status is not None and len(skipped) < _SHOWN_SKIPS:
+            if due:
+                yield letter
+            elif status is not None and len(skipped) < _SHOWN_SKIPS:
                 skipped.append(f"  {letter.email}: {status}")
-            yield letter
 
     try:
         written = 0
-        for path, letter in write_outbox(note_skips(campaign.letters(recipients)), outbox):
+        for path, letter in write_outbox(due_letters(campaign.letters(recipients)), outbox):
             if written == 0:
                 click.echo(f"--- {path} ---")
                 click.echo(_readable(letter.data))

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 from .campaign import Campaign
-from .errors import InputError
+from .errors import InputError, LogError
 from .outcome import Outcome, Status
 from .sender import Policy, Sender, SendSummary
 from .sendlog import SendLog
@@ -115,6 +115,8 @@ class Delivery:
         self.log = SendLog.open(log_path)
         self.run_id: int | None = None
         self.plan = Plan()
+        self._planned = False
+        self._ended = False
 
     def prepare(self) -> Plan:
         """Lock the log, check every letter, register them all; count what is due."""
@@ -132,6 +134,7 @@ class Delivery:
         for _ in select(campaign.recipients(), self.log, campaign.name, self.options,
                         self.plan):
             pass
+        self._planned = True
         return self.plan
 
     async def send(self, *, on_outcome: Callable[[Outcome], None] | None = None,
@@ -161,8 +164,16 @@ class Delivery:
 
     def _end(self, outcome: str, counts: Counter[Status] | None = None) -> None:
         if self.run_id is not None:
+            self._ended = True
             self.log.end_run(self.run_id, outcome, {str(k): v for k, v in (counts or {}).items()})
 
     def close(self) -> None:
-        """Release the log (and its lock)."""
-        self.log.close()
+        """Record the end of a run that never sent (nothing due, not confirmed, an error
+        while preparing), then release the log (and its lock)."""
+        try:
+            if self.run_id is not None and not self._ended:
+                with contextlib.suppress(LogError):
+                    self._end("completed" if self._planned and self.plan.due == 0
+                              else "stopped before sending")
+        finally:
+            self.log.close()

@@ -98,8 +98,9 @@ class LetterBuilder:
                         raise RenderError(f"the {name} header names {box.address}, which is "
                                           "neither this row's value nor written in the template;"
                                           " a value in a name field must not add a recipient")
-                    if ascii_address(box.address) not in envelope:
-                        envelope.append(ascii_address(box.address))
+                    address = ascii_address(box.address)
+                    if address.casefold() not in {a.casefold() for a in envelope}:
+                        envelope.append(address)
             if mailboxes and name != "Bcc":
                 lines.append(address_header(name, mailboxes))
         for name, value in rendered.headers:
@@ -121,7 +122,12 @@ class LetterBuilder:
         return self._date[0]
 
     def _attachment(self, value: str) -> bytes:
-        path = (self.template.path.parent / value.strip()).resolve()
+        folder = self.template.path.parent.resolve()
+        path = (folder / value.strip()).resolve()
+        if not path.is_relative_to(folder):
+            # A path from the recipient list must not be able to attach ~/.ssh/id_rsa.
+            raise RenderError(f"attachment {value.strip()!r} is outside the template's folder "
+                              f"{folder}; put the file there and name it relative to it")
         try:
             return attachment_part(path)
         except OSError as error:

@@ -152,6 +152,10 @@ class RecipientList:
             except InvalidAddress:
                 continue
             if key in suspects and key not in first:
+                try:  # an invalid row is not sent, so it is not the copy that is kept
+                    self._model.model_validate(dict(zip(self.columns, values, strict=True)))
+                except ValidationError:
+                    continue
                 first[key] = line
         for key, held in suspects.items():
             for recipient in held:

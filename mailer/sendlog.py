@@ -10,7 +10,10 @@ that arrive while one commit runs go into the next, so the cost is one fsync per
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
+import os
+import shutil
 import sqlite3
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -115,13 +118,21 @@ class SendLog:
         """Open (and create or migrate) the log; raise LogError with the reason if it can't."""
         if not create and not path.exists():
             raise LogError(f"no send log at {path}; nothing has been sent with this log yet")
+        db: sqlite3.Connection | None = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA busy_timeout = 5000")
             log = cls(path, db)
             log._migrate()
+        except LogError:
+            # Already says what is wrong (a newer schema): not to be re-worded as an OSError.
+            if db is not None:
+                db.close()
+            raise
         except (sqlite3.Error, OSError) as error:
+            if db is not None:
+                db.close()
             raise _log_error(path, error) from None
         return log
 
@@ -349,12 +360,41 @@ class Recorder:
 
 def _log_error(path: Path, error: BaseException) -> LogError:
     text = str(error)
-    if "readonly" in text or "read-only" in text or isinstance(error, PermissionError):
-        hint = "the file or its folder is read-only; make it writable or choose --log PATH"
-    elif "full" in text:
-        hint = "the disk is full; free some space or choose --log PATH on another disk"
-    elif "locked" in text:
+    lowered = text.lower()
+    number = getattr(error, "errno", None)
+    read_only = "the file or its folder is read-only; make it writable or choose --log PATH"
+    full = "the disk is full; free some space or choose --log PATH on another disk"
+    if ("readonly" in lowered or "read-only" in lowered or isinstance(error, PermissionError)
+            or number in (errno.EROFS, errno.EACCES, errno.EPERM)):
+        hint = read_only
+    elif "full" in lowered or number == errno.ENOSPC:
+        hint = full
+    elif "locked" in lowered:
         hint = "another program holds the database; close it and try again"
+    # SQLite reports a read-only folder as "unable to open database file" and a full disk as
+    # "disk I/O error" when its shared-memory file cannot be made: look at the disk.
+    elif not _writable(path):
+        hint = read_only
+    elif _nearly_full(path):
+        hint = full
     else:
         hint = "choose another file with --log PATH"
     return LogError(f"send log {path}: {text}; {hint}")
+
+
+def _writable(path: Path) -> bool:
+    """Whether the log (if it exists) and its folder can be written (True if unsure)."""
+    folder = path.parent
+    try:
+        return (os.access(folder, os.W_OK)
+                and (not path.exists() or os.access(path, os.W_OK)))
+    except OSError:
+        return True  # no better explanation than SQLite's own
+
+
+def _nearly_full(path: Path) -> bool:
+    """Whether the log's disk has (almost) no room left: less than 1 MiB free."""
+    try:
+        return shutil.disk_usage(path.parent).free < 1 << 20
+    except OSError:
+        return False

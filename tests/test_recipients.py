@@ -127,6 +127,22 @@ def test_line_break_in_a_header_field_is_reported(files: CampaignFiles, value: s
                         "header; put it on one line"]
 
 
+@pytest.mark.parametrize("char", ["\x1b", "\x0b", "\x7f"])
+def test_control_character_in_a_header_field_is_reported(files: CampaignFiles, char: str) -> None:
+    # Mail readers flag control characters in a header even inside an RFC 2047 encoded word.
+    rows, problems = read(files, f"email,name\nada@example.org,Ada{char}\n", single_line={"name"})
+    assert rows == []
+    assert problems == [f"recipients.csv:2: name: contains a control character "
+                        f"(U+{ord(char):04X}), but it is used in a mail header; remove it"]
+
+
+def test_tab_in_a_header_field_is_accepted(files: CampaignFiles) -> None:
+    rows, problems = read(files, "email,name\nada@example.org,Ada\tLovelace\n",
+                          single_line={"name"})
+    assert problems == []
+    assert rows[0].fields["name"] == "Ada\tLovelace"
+
+
 def test_line_break_in_a_body_only_field_is_accepted(files: CampaignFiles) -> None:
     rows, problems = read(files, 'email,name,note\nada@example.org,Ada,"two\nlines"\n',
                           single_line={"name"})
@@ -242,7 +258,8 @@ def test_unnamed_and_repeated_columns_are_reported_together(files: CampaignFiles
 def test_missing_file_is_a_config_error(files: CampaignFiles) -> None:
     with pytest.raises(ConfigError) as caught:
         RecipientList(Path("nope.csv"))
-    assert str(caught.value) == "nope.csv: cannot read the recipient list: No such file or directory"
+    assert str(caught.value) == ("nope.csv: cannot read the recipient list: No such file or "
+                                 "directory")
 
 
 # --- duplicates --------------------------------------------------------------------------------
@@ -276,6 +293,18 @@ def test_an_invalid_row_does_not_count_as_the_first_copy(files: CampaignFiles) -
                           required={"name"})
     assert [r.line for r in rows] == [3]
     assert problems == ["recipients.csv:2: name: is empty, but the template uses it; fill it in"]
+
+
+def test_a_duplicate_names_the_row_that_is_kept_not_an_invalid_one(
+        files: CampaignFiles) -> None:
+    # It used to name line 2, which is invalid and never sent.
+    rows, problems = read(files, "email,name\nada@example.org,\nada@example.org,Ada\n"
+                                 "ada@example.org,Ada again\n", required={"name"})
+    assert [r.line for r in rows] == [3]
+    assert problems == [
+        "recipients.csv:2: name: is empty, but the template uses it; fill it in",
+        "recipients.csv:4: email: ada@example.org is already on line 3; remove one of the two "
+        "rows (or pass --allow-duplicates to send both)"]
 
 
 # --- streaming ---------------------------------------------------------------------------------

@@ -147,6 +147,14 @@ def test_value_with_line_break_in_a_header_is_a_render_error(
         template.render({**ADA, "name": value})
 
 
+def test_value_with_a_control_character_in_a_header_is_a_render_error(
+        files: CampaignFiles) -> None:
+    template = load(files, "Subject: Hello {{ name }}\n\nDear {{ name }}\n")
+    with pytest.raises(RenderError) as caught:
+        template.render({**ADA, "name": "Ada\x1b[2J"})
+    assert str(caught.value) == "a value placed in a header contains a control character"
+
+
 def test_value_with_line_break_in_the_body_is_fine(files: CampaignFiles) -> None:
     template = load(files, "Subject: Hello\n\nDear {{ name }}\n")
     assert template.render({**ADA, "name": "Ada\nLovelace"}).text == "Dear Ada\nLovelace\n"
