@@ -138,16 +138,13 @@ def _mailbox_tokens(text: str) -> Iterator[tuple[list[str], str | None]]:
 _WORD = re.compile(r'[^ \t",<>()]+')
 
 
+_QUOTED = re.compile(r'((?:[^"\\]|\\.)*)"', re.S)
+_QUOTED_PAIR = re.compile(r"\\(.)", re.S)
+
+
 def _quoted(text: str, i: int) -> tuple[str, int]:
-    out = []
-    while i < len(text):
-        char = text[i]
-        if char == "\\" and i + 1 < len(text):
-            out.append(text[i + 1])
-            i += 2
-        elif char == '"':
-            return "".join(out), i + 1
-        else:
-            out.append(char)
-            i += 1
+    """The content of the quoted string starting at `i` (after its quote), unescaped."""
+    match = _QUOTED.match(text, i)
+    if match:
+        return _QUOTED_PAIR.sub(r"\1", match[1]), match.end()
     raise InvalidAddress(f"a quote is not closed in {text!r}")

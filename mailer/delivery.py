@@ -50,16 +50,21 @@ class Plan:
     letters: int = 0
     due: int = 0
     skipped: Counter[Status] = field(default_factory=Counter)
+    # Rows whose address an earlier row already has (--allow-duplicates): one letter each.
+    repeated: int = 0
 
     def explain(self) -> str:
         """`12 letters to send; skipping 2 already sent, 1 unknown (--resend-unknown ...)`."""
         text = f"{self.due} letter{'s' * (self.due != 1)} to send"
-        if not self.skipped:
+        if not self.skipped and not self.repeated:
             return text
         hints = {Status.SENT: "already sent", Status.FAILED: "failed (--retry-failed to retry)",
                  Status.UNKNOWN: "unknown: the server may have them (--resend-unknown to resend)",
                  Status.SENDING: "in flight in a run that stopped"}
         parts = [f"{n} {hints.get(s, str(s))}" for s, n in sorted(self.skipped.items())]
+        if self.repeated:
+            parts.append(f"{self.repeated} row{'s' * (self.repeated != 1)} repeating an "
+                         "address (one letter per address)")
         return f"{text}; skipping {', '.join(parts)}"
 
 
@@ -80,27 +85,41 @@ _T = TypeVar("_T", bound=_Addressed)
 
 
 def classify(items: Iterable[_T], log: SendLog | None, campaign: str, options: SendOptions,
-             plan: Plan) -> Iterator[tuple[_T, Status | None, bool]]:
+             plan: Plan, *, once_per_address: bool = False
+             ) -> Iterator[tuple[_T, Status | None, bool]]:
     """Each letter (or recipient) with its state in the log and whether it is due now;
-    every one is counted into `plan` as it passes."""
+    every one is counted into `plan` as it passes.
+
+    `once_per_address` (for a list that may repeat an address) keeps every address after its
+    first due row from being due again: the log has one row, so one letter, per address. (A
+    repeat's state cannot be trusted: the first letter may or may not be recorded yet.)
+    """
+    due_before: set[str] = set()
     for item in items:
         plan.letters += 1
         status = log.status(campaign, item.email) if log is not None else None
         due = options.due(status)
+        key = item.email.casefold() if once_per_address else ""
         if not due:
             assert status is not None
             plan.skipped[status] += 1
+        elif once_per_address and key in due_before:
+            due = False
+            plan.repeated += 1
         elif options.limit is not None and plan.due >= options.limit:
             due = False
         else:
             plan.due += 1
+            if once_per_address:
+                due_before.add(key)
         yield item, status, due
 
 
 def select(items: Iterable[_T], log: SendLog | None, campaign: str, options: SendOptions,
-           plan: Plan) -> Iterator[_T]:
+           plan: Plan, *, once_per_address: bool = False) -> Iterator[_T]:
     """Only the letters (or recipients) that are due, counted into `plan`."""
-    return (item for item, _, due in classify(items, log, campaign, options, plan) if due)
+    return (item for item, _, due in classify(items, log, campaign, options, plan,
+                                              once_per_address=once_per_address) if due)
 
 
 class Delivery:
@@ -132,7 +151,7 @@ class Delivery:
             raise InputError(recipients.problems, f"{recipients.rows} recipients, "
                              f"{recipients.problem_count} problems; nothing was sent")
         for _ in select(campaign.recipients(), self.log, campaign.name, self.options,
-                        self.plan):
+                        self.plan, once_per_address=campaign.allow_duplicates):
             pass
         self._planned = True
         return self.plan
@@ -146,7 +165,8 @@ class Delivery:
         sender = Sender(self.campaign.settings, recorder, policy=self.policy,
                         on_outcome=on_outcome)
         letters = select(self.campaign.letters(self.campaign.recipients()), self.log,
-                         self.campaign.name, self.options, Plan())
+                         self.campaign.name, self.options, Plan(),
+                         once_per_address=self.campaign.allow_duplicates)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):

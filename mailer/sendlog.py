@@ -319,9 +319,9 @@ class Recorder:
         self._batch.append((
             "UPDATE letters SET status = ?, reply_code = ?, reply_text = ?, "
             "attempts = attempts + ?, first_attempt = COALESCE(first_attempt, ?), "
-            "last_attempt = ? WHERE campaign = ? AND email = ?",
+            "last_attempt = ?, run_id = ? WHERE campaign = ? AND email = ?",
             (outcome.status, outcome.code, outcome.reply[:1000], uncounted, stamp, stamp,
-             self._campaign, email.casefold())))
+             self._run_id, self._campaign, email.casefold())))
         self._schedule()
 
     async def flush(self) -> None:

@@ -90,6 +90,10 @@ class _Piece:
     compiled: Any = None
     variables: dict[str, int] = field(default_factory=dict)
 
+    def render(self, context: Mapping[str, Any]) -> str:
+        # Text with no Jinja syntax in it renders as itself (a fixed Subject, say).
+        return self.compiled.render(context) if "{" in self.source else self.source
+
 
 class LetterTemplate:
     """A parsed, compiled letter template. Use `LetterTemplate.load(path)`."""
@@ -128,6 +132,9 @@ class LetterTemplate:
             try:
                 tree = env.parse(piece.source)
                 piece.compiled = env.from_string(tree)
+                # Jinja copies a template's globals into every render's context; as its
+                # default ChainMap that copy costs more than rendering a short header.
+                piece.compiled.globals = dict(piece.compiled.globals)
             except TemplateSyntaxError as error:
                 line = piece.line + (error.lineno or 1) - 1
                 problems.append(Problem(str(file), line, f"template syntax: {error.message}"))
@@ -177,9 +184,9 @@ class LetterTemplate:
     def render(self, context: Mapping[str, Any]) -> Rendered:
         """Render one letter; raise RenderError if it cannot be rendered safely."""
         try:
-            headers = [(p.name, p.compiled.render(context)) for p in self._pieces]
-            text = self._body.compiled.render(context)
-            html = self._html.compiled.render(context) if self._html is not None else None
+            headers = [(p.name, p.render(context)) for p in self._pieces]
+            text = self._body.render(context)
+            html = self._html.render(context) if self._html is not None else None
         except RenderError:
             raise
         except TemplateError as error:
