@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import csv
 import json
 import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, fields
 from email import policy
 from email.parser import BytesParser
 from pathlib import Path
@@ -45,7 +47,7 @@ def _common(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--env-file", type=_PATH, default=Path(".env"), show_default=True,
                      help="Settings file (MAILER_* keys); the environment overrides it."),
         click.option("--allow-duplicates", is_flag=True,
-                     help="Send to an address listed more than once (once per row)."),
+                     help="Accept an address listed more than once (it still gets one letter)."),
     ]):
         command = option(command)
     return command
@@ -146,7 +148,8 @@ def _dry_run(campaign: Campaign, settings: Settings, outbox: Path,
     skipped: list[str] = []
 
     def due_letters(letters: Iterable[Letter]) -> Iterator[Letter]:
-        for letter, status, due in classify(letters, log, campaign.name, options, plan):
+        for letter, status, due in classify(letters, log, campaign.name, options, plan,
+                                            once_per_address=campaign.allow_duplicates):
             if due:
                 yield letter
             elif status is not None and len(skipped) < _SHOWN_SKIPS:
@@ -303,7 +306,11 @@ def log(log_path: Path | None, env_file: Path, campaign_name: str | None,
     settings = load_settings(env_file, log=log_path)
     send_log = SendLog.open(settings.log, create=False)
     try:
-        campaigns = [campaign_name] if campaign_name else send_log.campaigns()
+        known = send_log.campaigns()
+        if campaign_name is not None and campaign_name not in known:
+            raise ConfigError(f"no campaign {campaign_name!r} in {settings.log}; it has: "
+                              f"{', '.join(map(repr, known)) or 'none yet'}")
+        campaigns = [campaign_name] if campaign_name else known
         wanted = [Status(s) for s in statuses] or list(_ATTENTION)
         entries = [e for c in campaigns for e in send_log.entries(c, wanted)]
         if output == "json":
@@ -320,39 +327,33 @@ def log(log_path: Path | None, env_file: Path, campaign_name: str | None,
                 if summary.first_sent:
                     click.echo(f"  first sent {summary.first_sent}, last {summary.last_sent}"
                                + (f", {rate:.1f} letters/min" if rate else ""))
-            _print_table(entries, wanted)
+            _print_table(entries, wanted, several=len(campaigns) > 1)
     finally:
         send_log.close()
 
 
 def _entry_dict(entry: Entry) -> dict[str, Any]:
-    return {"campaign": entry.campaign, "address": entry.address, "line": entry.line,
-            "status": str(entry.status), "attempts": entry.attempts,
-            "first_attempt": entry.first_attempt, "last_attempt": entry.last_attempt,
-            "message_id": entry.message_id, "reply_code": entry.reply_code,
-            "reply_text": entry.reply_text}
+    return {**asdict(entry), "status": str(entry.status)}
 
 
 def _print_csv(entries: list[Entry]) -> None:
-    import csv
-
-    writer = csv.DictWriter(sys.stdout, fieldnames=list(_entry_dict(entries[0]) if entries
-                                                         else ["address"]))
+    writer = csv.DictWriter(sys.stdout, fieldnames=[f.name for f in fields(Entry)])
     writer.writeheader()
     for entry in entries:
         writer.writerow(_entry_dict(entry))
 
 
-def _print_table(entries: list[Entry], wanted: list[Status]) -> None:
+def _print_table(entries: list[Entry], wanted: list[Status], *, several: bool) -> None:
     if not entries:
         click.echo(f"No recipients are {' or '.join(wanted)}.")
         return
-    table = Table("line", "address", "status", "tries", "last attempt", "server reply",
+    columns = ["line", "address", "status", "tries", "last attempt", "server reply"]
+    table = Table(*(["campaign"] if several else []), *columns,
                   title="Recipients that need attention" if wanted == list(_ATTENTION) else None)
     for e in entries:
         reply = f"{e.reply_code or ''} {e.reply_text or ''}".strip()
-        table.add_row(str(e.line or ""), e.address, str(e.status), str(e.attempts),
-                      e.last_attempt or "", reply)
+        table.add_row(*([e.campaign] if several else []), str(e.line or ""), e.address,
+                      str(e.status), str(e.attempts), e.last_attempt or "", reply)
     Console(width=200 if not sys.stdout.isatty() else None).print(table)
 
 

@@ -165,7 +165,8 @@ class RecipientList:
                     self.add_problem(Problem(
                         str(self.path), recipient.line,
                         f"{recipient.email} is already on line {first[key]}; remove one of the "
-                        "two rows (or pass --allow-duplicates to send both)", "email"))
+                        "two rows (or pass --allow-duplicates to keep both: the address gets one "
+                        "letter)", "email"))
 
 
 def read_columns(path: Path) -> list[str]:

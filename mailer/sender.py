@@ -156,10 +156,12 @@ class Sender:
                 await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stopped.cancel()
+        # Cancel the producer even when every worker has already stopped: it may be waiting
+        # on a full queue that nobody will read again. Queued letters stay pending.
+        producer.cancel()
         if all(w.done() for w in workers):
             return
-        # Queued letters stay pending; only the one each worker holds may finish.
-        producer.cancel()
+        # Only the letter each worker holds may finish.
         await asyncio.wait(workers, timeout=self.settings.timeout + 5)
         for worker in workers:
             worker.cancel()

@@ -163,9 +163,11 @@ class Settings(BaseModel):
 
     def public(self) -> dict[str, str]:
         """The settings worth recording with a run: everything but secrets."""
-        shown = self.model_dump(exclude={"smtp_password"})
+        shown = {name: str(getattr(self, name)) for name in type(self).model_fields
+                 if name != "smtp_password"}
         shown["smtp_security"] = self.security
-        return {key: str(value) for key, value in shown.items()}
+        shown["domain_rates"] = ",".join(f"{d}={r}" for d, r in self.domain_rates.items())
+        return shown
 
 
 def is_loopback(host: str) -> bool:

@@ -52,7 +52,7 @@ def test_check_prints_every_problem_and_exits_1(files: CampaignFiles, run: Run) 
         "@-sign is not valid. It should have a period.",
         "recipients.csv:4: name: is empty, but the template uses it; fill it in",
         "recipients.csv:5: email: ADA@example.org is already on line 2; remove one of the two "
-        "rows (or pass --allow-duplicates to send both)",
+        "rows (or pass --allow-duplicates to keep both: the address gets one letter)",
         "4 recipients, 3 problems"]
 
 

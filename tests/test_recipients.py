@@ -277,9 +277,9 @@ def test_duplicate_addresses_are_case_insensitive_and_name_both_lines(
     assert [(r.line, r.fields["name"]) for r in rows] == [(2, "Ada"), (3, "Grace")]
     assert problems == [
         "recipients.csv:4: email: ADA@example.org is already on line 2; remove one of the two "
-        "rows (or pass --allow-duplicates to send both)",
+        "rows (or pass --allow-duplicates to keep both: the address gets one letter)",
         "recipients.csv:5: email: ada@example.org is already on line 2; remove one of the two "
-        "rows (or pass --allow-duplicates to send both)"]
+        "rows (or pass --allow-duplicates to keep both: the address gets one letter)"]
 
 
 def test_duplicates_are_kept_with_allow_duplicates(files: CampaignFiles) -> None:
@@ -304,7 +304,7 @@ def test_a_duplicate_names_the_row_that_is_kept_not_an_invalid_one(
     assert problems == [
         "recipients.csv:2: name: is empty, but the template uses it; fill it in",
         "recipients.csv:4: email: ada@example.org is already on line 3; remove one of the two "
-        "rows (or pass --allow-duplicates to send both)"]
+        "rows (or pass --allow-duplicates to keep both: the address gets one letter)"]
 
 
 # --- streaming ---------------------------------------------------------------------------------

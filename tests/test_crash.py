@@ -1,0 +1,368 @@
+"""Real `mailer send` processes killed, interrupted, or given a log they cannot write.
+
+A SIGKILL can land anywhere: while letters are rendered or registered, between a letter's
+`sending` mark and its DATA, while the server holds a letter and has not answered, while an
+outcome waits for its commit. Whatever the moment, the log must know enough that a resume
+neither loses a letter nor sends one twice without saying so (`unknown`). The randomness is
+seeded; the seed is printed and can be set with MAILER_CRASH_SEED to replay a failure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from functools import partial
+from pathlib import Path
+
+import pytest
+from conftest import CampaignFiles, Result, Server
+
+from mailer.sink import Received, RecordingHandler
+
+Run = Callable[..., Result]
+
+SEED = int(os.environ.get("MAILER_CRASH_SEED") or time.time_ns() % 1_000_000_007)
+LETTERS = 240
+RATE = "150/s"
+LOG = "mailer-log.sqlite3"
+READ_ONLY_HINT = "; the file or its folder is read-only; make it writable or choose --log PATH\n"
+FULL_HINT = "; the disk is full; free some space or choose --log PATH on another disk\n"
+
+
+@pytest.fixture
+def campaign(smtp_server: Server, files: CampaignFiles,
+             monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
+    """LETTERS recipients; the environment points `mailer` (in-process or not) at the server."""
+    rows = [f"person{n}@{('example.org', 'example.net', 'example.com')[n % 3]},"
+            f"{('Dr', 'Ms', 'Mr')[n % 3]},Person {n},{('UK', 'FR', 'DE')[n % 3]}"
+            for n in range(LETTERS)]
+    files.write_csv("email,title,name,country\n" + "\n".join(rows) + "\n")
+    for key, value in {**smtp_server.env(), "MAILER_LOG": LOG,
+                       "MAILER_CONCURRENCY": "4"}.items():
+        monkeypatch.setenv(key, value)
+    yield smtp_server
+    smtp_server.handler.on_message = None
+
+
+def _all_addresses(files: CampaignFiles) -> set[str]:
+    lines = files.recipients.read_text(encoding="utf-8").splitlines()[1:]
+    return {line.split(",")[0] for line in lines}
+
+
+def _start_send(root: Path, *extra: str, rate: str = RATE) -> subprocess.Popen[str]:
+    env = {**os.environ, "MAILER_RATE": rate}
+    return subprocess.Popen([sys.executable, "-m", "mailer", "send", "--yes", *extra],
+                            cwd=root, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _statuses(root: Path) -> dict[str, str]:
+    """address -> status, read straight from the log file."""
+    db = sqlite3.connect(root / LOG)
+    try:
+        return dict(db.execute("SELECT email, status FROM letters").fetchall())
+    finally:
+        db.close()
+
+
+def _wait_for(condition: Callable[[], bool], process: subprocess.Popen[str],
+              what: str) -> None:
+    deadline = time.monotonic() + 30
+    while not condition():
+        if process.poll() is not None:
+            raise AssertionError(f"mailer exited ({process.returncode}) before {what}: "
+                                 f"{process.communicate()}")
+        if time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.002)
+
+
+def _more_than(handler: RecordingHandler, count: int) -> bool:
+    return len(handler.messages) > count
+
+
+def _invariants_after_a_stop(root: Path, counts: Counter[str], note: str) -> dict[str, str]:
+    """What any stopped run must leave: every letter the server has is `sent`, `sending`
+    (in flight when the process died) or `unknown` (in flight in an earlier one), and every
+    letter the log calls `sent` is on the server. Returns the log's statuses."""
+    statuses = _statuses(root) if (root / LOG).exists() else {}
+    wrong = {a: statuses.get(a) for a in counts
+             if statuses.get(a) not in ("sent", "sending", "unknown")}
+    assert wrong == {}, note
+    assert {a for a, s in statuses.items() if s == "sent"} <= set(counts), note
+    return statuses
+
+
+# How each kill is timed. "start": a random time after the process started (importing,
+# rendering, registering, turning the last run's `sending` into `unknown`, connecting).
+# "data": from inside the server, on receiving the run's k-th letter, before answering it.
+# "after": a random time after the run's first letter arrived.
+KILLS = ["start", "data", "after", "start", "data", "after"]
+
+
+def test_a_send_killed_at_random_moments_loses_and_silently_repeats_nothing(
+        campaign: Server, files: CampaignFiles, run: Run,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    handler = campaign.handler
+    rng = random.Random(SEED)
+    for number, mode in enumerate(KILLS, start=1):
+        base = len(handler.messages)
+        process = _start_send(files.root)
+        if mode == "data":
+            at = base + rng.randint(1, 30)
+            killed_at = f"on receiving letter {at - base} of the run"
+
+            def kill_in_data(message: Received, at: int = at,
+                             process: subprocess.Popen[str] = process) -> None:
+                if len(handler.messages) == at:
+                    os.kill(process.pid, signal.SIGKILL)
+
+            handler.on_message = kill_in_data
+        else:
+            if mode == "after":
+                _wait_for(partial(_more_than, handler, base), process, "the first letter")
+            delay = rng.uniform(0.0, 0.25) if mode == "after" else rng.uniform(0.1, 1.2)
+            killed_at = f"{delay:.3f}s after {'its first letter' if mode == 'after' else 'start'}"
+            time.sleep(delay)
+            process.send_signal(signal.SIGKILL)
+        process.communicate(timeout=30)
+        handler.on_message = None
+        note = f"seed {SEED}, kill {number} ({mode}): {killed_at}"
+        with capsys.disabled():
+            print(f"\n{note}; {len(handler.messages) - base} letters arrived in that run")
+        assert process.returncode == -signal.SIGKILL, note
+        counts = handler.by_recipient()
+        statuses = _invariants_after_a_stop(files.root, counts, note)
+        assert len(counts) < LETTERS, note
+        assert max(counts.values(), default=1) == 1, note  # nothing unknown was resent
+        if mode == "data":  # the letter the server was holding, unanswered, is in flight
+            assert statuses[handler.messages[at - 1].rcpt_tos[0]] == "sending", note
+
+    unknown = _resume_to_the_end(handler, files, run, f"seed {SEED}")
+    with capsys.disabled():
+        print(f"\nseed {SEED}: {len(unknown)} unknown after the kills, "
+              f"{sum(n > 1 for n in handler.by_recipient().values())} of them had arrived "
+              "before they were resent")
+
+
+def _resume_to_the_end(handler: RecordingHandler, files: CampaignFiles, run: Run,
+                       note: str) -> set[str]:
+    """Resume a stopped campaign in-process, as a user would, checking every step; return the
+    addresses the log called unknown."""
+    # A plain resume sends the rest and lists, but does not resend, what may have arrived.
+    may_have_arrived = {a for a, s in _statuses(files.root).items()
+                        if s in ("sending", "unknown")}
+    result = run("send", "--yes")
+    assert result.code == 0, (note, result.out, result.err)
+    assert max(handler.by_recipient().values()) == 1, note
+    listed = run("log", "--status", "unknown", "--format", "json")
+    unknown = {entry["address"] for entry in json.loads(listed.out)}
+    assert unknown == may_have_arrived, note
+
+    # Resending those: a second copy only ever goes to an address the log called unknown.
+    result = run("send", "--yes", "--resend-unknown")
+    assert result.code == 0, (note, result.out, result.err)
+    counts = handler.by_recipient()
+    assert {a for a, n in counts.items() if n > 1} <= unknown, note
+    final = _statuses(files.root)
+    assert {a: final.get(a) for a in _all_addresses(files) - set(counts)} == {}, note
+    assert sum(1 for s in final.values() if s == "sent") == len(counts) == LETTERS, note
+    return unknown
+
+
+@pytest.mark.parametrize(("connections", "rate"),
+                         [("4", RATE), ("1", "0")])
+def test_ctrl_c_stops_cleanly_and_a_rerun_sends_each_letter_exactly_once(
+        connections: str, rate: str, campaign: Server, files: CampaignFiles, run: Run,
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAILER_CONCURRENCY", connections)
+    handler = campaign.handler
+    rng = random.Random(f"{SEED}:ctrl-c:{connections}")
+    for number in range(1, 4):
+        base = len(handler.messages)
+        at = base + rng.randint(1, 40)
+        note = (f"seed {SEED}, {connections} connection(s) at rate {rate}, stop {number}: "
+                f"SIGINT on receiving letter {at - base} of the run")
+        with capsys.disabled():
+            print(f"\n{note}")
+        process = _start_send(files.root, rate=rate)
+
+        def interrupt(message: Received, at: int = at,
+                      process: subprocess.Popen[str] = process) -> None:
+            if len(handler.messages) == at:
+                os.kill(process.pid, signal.SIGINT)
+
+        handler.on_message = interrupt
+        try:
+            # A stop lets the letters in flight finish: well under a second here.
+            out, err = process.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            out, err = process.communicate()
+            pytest.fail(f"{note}: still running 10 s after SIGINT\n{out[-300:]}{err}")
+        finally:
+            handler.on_message = None
+        assert process.returncode == 130, (note, out, err)
+        assert "Traceback" not in err, note
+        stopped = re.findall(r"^Stopped: (\d+) sent in \d+\.\ds \(\d+\.\d letters/s\)\.$",
+                             out, re.M)
+        assert len(stopped) == 1, (note, out)
+        assert out.endswith("Run mailer send again to continue where it stopped.\n"), note
+        # The letters in flight finished: summary, server and log agree, and none is unknown.
+        statuses = Counter(_invariants_after_a_stop(files.root, handler.by_recipient(),
+                                                    note).values())
+        assert int(stopped[0]) == len(handler.messages) - base, (note, out)
+        assert statuses["sent"] == len(handler.messages) < LETTERS, note
+        assert set(statuses) == {"sent", "pending"}, note
+
+    note = f"seed {SEED}"
+    result = run("send", "--yes")
+    assert result.code == 0, (note, result.out, result.err)
+    assert handler.by_recipient() == dict.fromkeys(_all_addresses(files), 1), note
+    assert set(_statuses(files.root).values()) == {"sent"}, note
+
+
+# -- a log that cannot be written ---------------------------------------------------------
+
+
+def _unshare(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run `sh -c script` in a private user and mount namespace (its mounts die with it)."""
+    assert shutil.which("unshare"), "these tests need util-linux unshare"
+    return subprocess.run(["unshare", "-rm", "sh", "-c", script, "sh", *args], cwd=cwd,
+                          env={**os.environ}, capture_output=True, text=True, timeout=60,
+                          check=False)
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def two_letter_log(smtp_server: Server, files: CampaignFiles, run: Run,
+                   monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A log in logs/ with one of the two letters sent: the campaign is half done."""
+    for key, value in {**smtp_server.env(), "MAILER_LOG": "logs/log.sqlite3"}.items():
+        monkeypatch.setenv(key, value)
+    assert run("send", "--yes", "--limit", "1").code == 0
+    assert len(smtp_server.handler.messages) == 1
+    return files.root / "logs" / "log.sqlite3"
+
+
+SEND = [sys.executable, "-m", "mailer", "send", "--yes"]
+
+
+def _read_only(paths: list[Path], files: CampaignFiles) -> subprocess.CompletedProcess[str]:
+    """`mailer send --yes` with `paths` read-only: by their modes, and (since root writes
+    through modes) by read-only bind mounts of them in a private mount namespace."""
+    modes = {path: path.stat().st_mode for path in paths}
+    try:
+        for path in paths:
+            path.chmod(0o555 if path.is_dir() else 0o444)
+        if os.geteuid() != 0:
+            return subprocess.run(SEND, cwd=files.root, capture_output=True, text=True,
+                                  timeout=60, check=False)
+        script = ('for p in "$@"; do mount --bind "$p" "$p" && mount -o remount,ro,bind "$p" '
+                  '"$p" || exit 99; done; exec ' + " ".join(SEND))
+        return _unshare(script, *(str(p) for p in paths), cwd=files.root)
+    finally:
+        for path, mode in modes.items():
+            path.chmod(mode)
+
+
+def test_a_read_only_log_and_folder_stop_the_send_before_any_letter(
+        two_letter_log: Path, smtp_server: Server, files: CampaignFiles, run: Run) -> None:
+    before = _digest(two_letter_log)
+    result = _read_only([two_letter_log, two_letter_log.parent], files)
+    assert result.returncode == 2, result
+    assert result.stderr.startswith("error: send log logs/log.sqlite3: "), result.stderr
+    assert result.stderr.endswith(READ_ONLY_HINT), result.stderr
+    assert result.stderr.count("\n") == 1  # one line, no traceback
+    assert len(smtp_server.handler.messages) == 1
+    assert _digest(two_letter_log) == before
+    # Writable again, the same log carries on where it was.
+    assert run("send", "--yes").code == 0
+    assert smtp_server.handler.by_recipient() == {"ada@example.org": 1, "grace@example.net": 1}
+
+
+def test_a_read_only_log_file_stops_the_send_before_any_letter(
+        two_letter_log: Path, smtp_server: Server, files: CampaignFiles) -> None:
+    result = _read_only([two_letter_log], files)
+    assert result.returncode == 2, result
+    assert result.stderr.startswith("error: send log logs/log.sqlite3: "), result.stderr
+    assert result.stderr.endswith(READ_ONLY_HINT), result.stderr
+    assert len(smtp_server.handler.messages) == 1
+
+
+def _on_a_full_disk(command: list[str], cwd: Path, *, copy: str = ""
+                    ) -> subprocess.CompletedProcess[str]:
+    """Mount a 64 KiB tmpfs on ./disk (in a private namespace), copy `copy` onto it, fill it,
+    print its `df` line, then run `command`."""
+    script = ("mount -t tmpfs -o size=64k tmpfs disk || exit 99; "
+              + (f"cp {copy} disk/ || exit 99; " if copy else "")
+              + "dd if=/dev/zero of=disk/filler bs=1k 2>/dev/null; df -k disk | tail -1; "
+              + "exec " + " ".join(command))
+    return _unshare(script, cwd=cwd)
+
+
+@pytest.fixture
+def server_env(smtp_server: Server, files: CampaignFiles,
+               monkeypatch: pytest.MonkeyPatch) -> Server:
+    for key, value in smtp_server.env().items():
+        monkeypatch.setenv(key, value)
+    (files.root / "disk").mkdir()
+    return smtp_server
+
+
+def test_a_full_disk_stops_the_send_before_any_letter(server_env: Server,
+                                                      files: CampaignFiles) -> None:
+    result = _on_a_full_disk([*SEND, "--log", "disk/log.sqlite3"], files.root)
+    assert result.stdout.split()[3] == "0", result  # df: no space available
+    assert result.returncode == 2, result
+    assert result.stderr == ("error: send log disk/log.sqlite3: database or disk is full"
+                             + FULL_HINT)
+    assert server_env.handler.messages == []
+
+
+def test_a_full_disk_under_an_existing_log_stops_the_send_before_any_letter(
+        server_env: Server, two_letter_log: Path, files: CampaignFiles) -> None:
+    result = _on_a_full_disk([*SEND, "--log", "disk/log.sqlite3"], files.root,
+                             copy="logs/log.sqlite3")
+    assert result.stdout.split()[3] == "0", result
+    assert result.returncode == 2, result
+    assert result.stderr.startswith("error: send log disk/log.sqlite3: "), result.stderr
+    assert result.stderr.endswith(FULL_HINT), result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(server_env.handler.messages) == 1
+
+
+def test_a_disk_that_fills_during_a_send_stops_it_and_the_log_still_knows(
+        campaign: Server, files: CampaignFiles, run: Run) -> None:
+    """The log's disk fills after some letters: the run stops with a clear error, and what
+    the log holds (copied off the full disk) is enough for an exact resume."""
+    (files.root / "disk").mkdir()
+    script = ("mount -t tmpfs -o size=320k tmpfs disk || exit 99; "
+              + " ".join(SEND) + " --log disk/log.sqlite3; code=$?; "
+              f"cp disk/log.sqlite3 {LOG}; "
+              f"if [ -e disk/log.sqlite3-wal ]; then cp disk/log.sqlite3-wal {LOG}-wal; fi; "
+              "exit $code")
+    result = _unshare(script, cwd=files.root)
+    assert result.returncode == 2, result
+    assert result.stderr.startswith("error: send log disk/log.sqlite3: "), result.stderr
+    assert result.stderr.endswith(FULL_HINT), result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr  # no traceback
+    counts = campaign.handler.by_recipient()
+    assert 0 < len(counts) < LETTERS
+    _invariants_after_a_stop(files.root, counts, "disk full")
+    _resume_to_the_end(campaign.handler, files, run, "disk full")
