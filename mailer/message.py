@@ -68,6 +68,8 @@ class LetterBuilder:
         self.settings = settings
         self.campaign = campaign
         self._domain = ascii_address(settings.from_address).rpartition("@")[2]
+        self._from = address_header("From", [Mailbox(settings.sender_name,
+                                                     settings.from_address)])
         self._extra = {"sender_name": settings.sender_name,
                        "sender_email": settings.from_address}
         self._date = ("", -1)
@@ -91,7 +93,8 @@ class LetterBuilder:
             if name == "To" and not mailboxes:
                 mailboxes = [Mailbox(_default_name(recipient.fields), recipient.email)]
             if name == "From" and not mailboxes:
-                mailboxes = [Mailbox(self.settings.sender_name, self.settings.from_address)]
+                lines.append(self._from)
+                continue
             if name in ("To", "Cc", "Bcc"):
                 for box in mailboxes:
                     if box.address.casefold() not in allowed:
@@ -203,6 +206,7 @@ def format_mailbox(mailbox: Mailbox) -> str:
     return f"{shown} <{ascii_address(mailbox.address)}>"
 
 
+@lru_cache(maxsize=1024)
 def unstructured_header(name: str, value: str) -> str:
     """A header such as Subject: plain and folded if it can be, else RFC 2047 encoded words."""
     if any(c in value for c in "\r\n\0"):
@@ -218,6 +222,9 @@ def unstructured_header(name: str, value: str) -> str:
 
 def encode_words(text: str) -> str:
     """RFC 2047 base64 encoded words, each within 75 characters, folded between them."""
+    raw = text.encode("utf-8")
+    if len(raw) <= _WORD_BYTES:  # most names and subjects: one word
+        return f"=?utf-8?b?{base64.b64encode(raw).decode()}?="
     chunks: list[str] = []
     current: list[bytes] = []
     size = 0
@@ -256,8 +263,16 @@ def text_part(text: str, subtype: str) -> bytes:
     head = f"Content-Type: text/{subtype}; charset=\"utf-8\"\r\nContent-Transfer-Encoding: "
     if raw.isascii() and _short_lines(raw) and b"\0" not in raw:
         return (head + "7bit\r\n\r\n").encode() + raw.replace(b"\n", b"\r\n")
-    body = binascii.b2a_qp(raw, istext=True)
-    return (head + "quoted-printable\r\n\r\n").encode() + body.replace(b"\n", b"\r\n")
+    body = b"\r\n".join(map(_quoted_printable_line, raw.split(b"\n")))
+    return (head + "quoted-printable\r\n\r\n").encode() + body
+
+
+@lru_cache(maxsize=4096)
+def _quoted_printable_line(line: bytes) -> bytes:
+    # Line by line, because most lines of a letter are the same in every copy: each is
+    # encoded once. (Soft breaks may fall differently than in whole-text encoding; both
+    # decode to the same text.)
+    return binascii.b2a_qp(line, istext=True).replace(b"\n", b"\r\n")
 
 
 def _short_lines(raw: bytes) -> bool:
