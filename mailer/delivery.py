@@ -95,9 +95,8 @@ def classify(items: Iterable[_T], log: SendLog | None, campaign: str, options: S
     repeat's state cannot be trusted: the first letter may or may not be recorded yet.)
     """
     due_before: set[str] = set()
-    for item in items:
+    for item, status in _with_status(items, log, campaign):
         plan.letters += 1
-        status = log.status(campaign, item.email) if log is not None else None
         due = options.due(status)
         key = item.email.casefold() if once_per_address else ""
         if not due:
@@ -113,6 +112,28 @@ def classify(items: Iterable[_T], log: SendLog | None, campaign: str, options: S
             if once_per_address:
                 due_before.add(key)
         yield item, status, due
+
+
+def _with_status(items: Iterable[_T], log: SendLog | None,
+                 campaign: str) -> Iterator[tuple[_T, Status | None]]:
+    """Each item with its state in the log, looked up a chunk at a time (one query per
+    chunk rather than per letter, and only a chunk of letters held in memory)."""
+    chunk: list[_T] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == _CHUNK:
+            yield from _look_up(chunk, log, campaign)
+            chunk = []
+    yield from _look_up(chunk, log, campaign)
+
+
+_CHUNK = 256
+
+
+def _look_up(chunk: list[_T], log: SendLog | None,
+             campaign: str) -> Iterator[tuple[_T, Status | None]]:
+    found = log.statuses(campaign, [item.email for item in chunk]) if log and chunk else {}
+    return ((item, found.get(item.email.casefold())) for item in chunk)
 
 
 def select(items: Iterable[_T], log: SendLog | None, campaign: str, options: SendOptions,

@@ -26,9 +26,9 @@ from .smtp import Connection, check_security, tls_context
 
 
 class Recorder(Protocol):
-    """Where the sender reports: `sending` must be durable when it returns."""
+    """Where the sender reports: `sending` resolves once the mark is durable."""
 
-    async def sending(self, letter: Letter) -> None: ...
+    def sending(self, letter: Letter) -> asyncio.Future[None]: ...
 
     def record(self, outcome: Outcome) -> None: ...
 
@@ -38,8 +38,10 @@ class Recorder(Protocol):
 class NoLog:
     """A recorder that keeps nothing: for test sends (`--to`), which are not the campaign."""
 
-    async def sending(self, letter: Letter) -> None:
-        return None
+    def sending(self, letter: Letter) -> asyncio.Future[None]:
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
 
     def record(self, outcome: Outcome) -> None:
         return None
@@ -180,12 +182,6 @@ class Sender:
         """Try one letter until it is sent, fails for good, or runs out of tries."""
         deadline = time.monotonic() + self.policy.retry_window
         in_data = False
-
-        async def mark() -> None:
-            nonlocal in_data
-            await self.recorder.sending(letter)
-            in_data = True
-
         attempt_number = 0
         while True:
             attempt_number += 1
@@ -193,8 +189,21 @@ class Sender:
             if limiter:
                 await limiter.acquire()
             await self._rate.acquire()
+            # The durable mark is started now and awaited just before DATA, so its fsync
+            # overlaps MAIL and RCPT instead of adding to every letter's time.
+            mark = self.recorder.sending(letter)
+            # If the attempt ends another way (cancelled, a fatal error), the mark's own
+            # failure is not news: the run is stopping already.
+            mark.add_done_callback(_quietly)
+
+            async def before_data(mark: asyncio.Future[None] = mark) -> None:
+                nonlocal in_data
+                await mark
+                in_data = True
+
             try:
-                attempt = await connection.send(letter, mark)
+                attempt = await connection.send(letter, before_data)
+                await mark  # a log that cannot be written stops the run
             except asyncio.CancelledError:
                 status = Status.UNKNOWN if in_data else Status.DEFERRED
                 self._finish(Outcome(letter, status, attempt_number,
@@ -225,3 +234,8 @@ class Sender:
                 f"{outcome.letter.email}: {outcome.describe()}); the run paused itself. Every "
                 "result is in the send log: fix the cause, then run mailer send again to "
                 "continue", code=outcome.code, recipient=outcome.letter.email)
+
+
+def _quietly(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()

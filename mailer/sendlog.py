@@ -10,15 +10,17 @@ that arrive while one commit runs go into the next, so the cost is one fsync per
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import os
+import queue
 import shutil
 import sqlite3
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -112,6 +114,7 @@ class SendLog:
         self.path = path
         self._db = connection
         self._lock: FileLock | None = None
+        self._recorders: list[Recorder] = []
 
     @classmethod
     def open(cls, path: Path, *, create: bool = True) -> SendLog:
@@ -121,8 +124,7 @@ class SendLog:
         db: sqlite3.Connection | None = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA busy_timeout = 5000")
+            db = _connect(path)
             log = cls(path, db)
             log._migrate()
         except LogError:
@@ -143,7 +145,6 @@ class SendLog:
                            "upgrade mailer to read it")
         if version < SCHEMA_VERSION:
             self._db.execute("PRAGMA journal_mode = WAL")
-        self._db.execute("PRAGMA synchronous = FULL")
         for target in range(version + 1, SCHEMA_VERSION + 1):
             try:
                 self._db.executescript(f"BEGIN IMMEDIATE; {_MIGRATIONS[target]}; "
@@ -152,17 +153,6 @@ class SendLog:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
                 raise
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-            yield self._db
-            self._db.execute("COMMIT")
-        except BaseException:
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
-            raise
 
     def lock(self) -> None:
         """Hold the log for one sending process; a second one gets LogLocked."""
@@ -177,7 +167,9 @@ class SendLog:
         self._lock = lock
 
     def close(self) -> None:
-        """Close the database and release the lock."""
+        """Close the database (and any recorder's) and release the lock."""
+        for recorder in self._recorders:
+            recorder.close()
         self._db.close()
         if self._lock is not None:
             self._lock.release()
@@ -192,7 +184,7 @@ class SendLog:
         anything is sent.
         """
         try:
-            with self._transaction() as db:
+            with _transaction(self._db) as db:
                 db.execute("UPDATE letters SET status = ? WHERE campaign = ? AND status = ?",
                            (Status.UNKNOWN, campaign, Status.SENDING))
                 cursor = db.execute(
@@ -231,28 +223,38 @@ class SendLog:
 
     def status(self, campaign: str, email: str) -> Status | None:
         """A recipient's state in a campaign (None if never registered)."""
-        row = self._db.execute("SELECT status FROM letters WHERE campaign = ? AND email = ?",
-                               (campaign, email.casefold())).fetchone()
-        return Status(row[0]) if row else None
+        return self.statuses(campaign, [email]).get(email.casefold())
+
+    def statuses(self, campaign: str, emails: list[str]) -> dict[str, Status]:
+        """The states of these recipients, by casefolded address (the unregistered absent)."""
+        rows = self._db.execute(
+            "SELECT email, status FROM letters WHERE campaign = ? AND email IN "
+            "(SELECT value FROM json_each(?))",
+            (campaign, json.dumps([email.casefold() for email in emails])))
+        return {email: Status(status) for email, status in rows}
 
     def end_run(self, run_id: int, outcome: str, counts: dict[str, int]) -> None:
         """Record how a run ended."""
         try:
-            with self._transaction() as db:
+            with _transaction(self._db) as db:
                 db.execute("UPDATE runs SET ended = ?, outcome = ?, counts = ? WHERE id = ?",
                            (now(), outcome, json.dumps(counts), run_id))
         except sqlite3.Error as error:
             raise _log_error(self.path, error) from None
 
     def recorder(self, campaign: str, run_id: int) -> Recorder:
-        """The object the sender hands marks and outcomes to, for this run."""
-        return Recorder(self, campaign, run_id)
+        """The object the sender hands marks and outcomes to, for this run.
 
-    def write(self, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
-        """Run statements in one durable transaction (the recorder's batches)."""
-        with self._transaction() as db:
-            for sql, parameters in statements:
-                db.execute(sql, parameters)
+        It writes through a connection of its own, in a thread of its own, so that the event
+        loop never waits for a commit's fsync (nor its look-ups behind one).
+        """
+        try:
+            writer = _connect(self.path)
+        except sqlite3.Error as error:
+            raise _log_error(self.path, error) from None
+        recorder = Recorder(writer, self.path, campaign, run_id)
+        self._recorders.append(recorder)
+        return recorder
 
     # -- review -----------------------------------------------------------------------------
 
@@ -282,47 +284,69 @@ class SendLog:
             yield Entry(row[0], row[1], row[2], Status(row[3]), *row[4:])
 
 
-class Recorder:
-    """Group-commits a run's marks and outcomes; `sending` waits until its mark is durable."""
+_MARK = ("UPDATE letters SET status = 'sending', attempts = attempts + 1, "
+         "first_attempt = COALESCE(first_attempt, ?), last_attempt = ?, message_sha256 = ?, "
+         "run_id = ? WHERE campaign = ? AND email = ?")
+_OUTCOME = ("UPDATE letters SET status = ?, reply_code = ?, reply_text = ?, "
+            "attempts = attempts + ?, first_attempt = COALESCE(first_attempt, ?), "
+            "last_attempt = ?, run_id = ? WHERE campaign = ? AND email = ?")
 
-    def __init__(self, log: SendLog, campaign: str, run_id: int) -> None:
-        self._log = log
+
+@dataclass(slots=True)
+class _Batch:
+    """Rows for one commit. Marks are written before outcomes: a letter's outcome always
+    follows its marks, so this order is the order things happened in."""
+
+    marks: list[tuple[Any, ...]] = field(default_factory=list)
+    outcomes: list[tuple[Any, ...]] = field(default_factory=list)
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.marks or self.outcomes)
+
+
+class Recorder:
+    """Group-commits a run's marks and outcomes; `sending` resolves once its mark is durable."""
+
+    # Outcomes need not wait for their own commit: they ride with the next `sending` mark,
+    # or go at most this many seconds later. A run killed in between leaves those letters
+    # `sending` (so `unknown`), never `pending`: it can cost a resend question, not a letter.
+    LINGER = 0.05
+
+    def __init__(self, db: sqlite3.Connection, path: Path, campaign: str, run_id: int) -> None:
+        self._db = db
+        self._path = path
         self._campaign = campaign
         self._run_id = run_id
-        self._batch: list[tuple[str, tuple[Any, ...]]] = []
-        self._waiters: list[asyncio.Future[None]] = []
+        self._batch = _Batch()
         self._flushing: asyncio.Task[None] | None = None
+        self._lingering: asyncio.TimerHandle | None = None
+        self._thread: _WriterThread | None = None
         # Letters whose `sending` mark already counted one attempt (only those in flight).
         self._marked: Counter[str] = Counter()
         self.error: LogError | None = None
 
-    async def sending(self, letter: Letter) -> None:
-        """Mark `letter` as being sent; return once that is on disk."""
+    def sending(self, letter: Letter) -> asyncio.Future[None]:
+        """Mark `letter` as being sent; the future resolves once that is on disk."""
         stamp = now()
         self._marked[letter.email] += 1
-        self._batch.append((
-            "UPDATE letters SET status = ?, attempts = attempts + 1, "
-            "first_attempt = COALESCE(first_attempt, ?), last_attempt = ?, message_sha256 = ?,"
-            " run_id = ? WHERE campaign = ? AND email = ?",
-            (Status.SENDING, stamp, stamp, letter.sha256, self._run_id, self._campaign,
-             letter.email.casefold())))
+        self._batch.marks.append((stamp, stamp, letter.sha256, self._run_id, self._campaign,
+                                  letter.email.casefold()))
         waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
+        self._batch.waiters.append(waiter)
         self._schedule()
-        await waiter
+        return waiter
 
     def record(self, outcome: Outcome) -> None:
         """Queue a letter's outcome (written with the next batch; never blocks)."""
         email = outcome.letter.email
         uncounted = outcome.attempts - self._marked.pop(email, 0)
         stamp = now()
-        self._batch.append((
-            "UPDATE letters SET status = ?, reply_code = ?, reply_text = ?, "
-            "attempts = attempts + ?, first_attempt = COALESCE(first_attempt, ?), "
-            "last_attempt = ?, run_id = ? WHERE campaign = ? AND email = ?",
-            (outcome.status, outcome.code, outcome.reply[:1000], uncounted, stamp, stamp,
-             self._run_id, self._campaign, email.casefold())))
-        self._schedule()
+        self._batch.outcomes.append((outcome.status, outcome.code, outcome.reply[:1000],
+                                     uncounted, stamp, stamp, self._run_id, self._campaign,
+                                     email.casefold()))
+        if self._lingering is None and self._flushing is None:
+            self._lingering = asyncio.get_running_loop().call_later(self.LINGER, self._schedule)
 
     async def flush(self) -> None:
         """Wait until everything queued so far is written."""
@@ -335,27 +359,102 @@ class Recorder:
             raise self.error
 
     def _schedule(self) -> None:
+        if self._lingering is not None:
+            self._lingering.cancel()
+            self._lingering = None
         if self._flushing is None and self._batch:
             self._flushing = asyncio.get_running_loop().create_task(self._flush())
 
     async def _flush(self) -> None:
         try:
             while self._batch:
-                batch, self._batch = self._batch, []
-                waiters, self._waiters = self._waiters, []
+                batch, self._batch = self._batch, _Batch()
+                if self._thread is None:
+                    self._thread = _WriterThread(self._db)
                 try:
-                    await asyncio.to_thread(self._log.write, batch)
+                    await self._thread.write(batch)
                 except sqlite3.Error as error:
-                    self.error = _log_error(self._log.path, error)
-                    for waiter in waiters:
-                        if not waiter.done():
-                            waiter.set_exception(self.error)
-                    continue
-                for waiter in waiters:
-                    if not waiter.done():
+                    self.error = _log_error(self._path, error)
+                for waiter in batch.waiters:
+                    if waiter.done():
+                        continue
+                    if self.error is not None:
+                        waiter.set_exception(self.error)
+                    else:
                         waiter.set_result(None)
         finally:
             self._flushing = None
+
+    def close(self) -> None:
+        """Stop the writer thread and close the connection (after `flush`)."""
+        if self._thread is not None:
+            self._thread.stop()
+            self._thread = None
+        self._db.close()
+
+
+class _WriterThread(threading.Thread):
+    """Commits batches one after another; a long-lived thread hands a batch over in a
+    fraction of what `asyncio.to_thread` costs, which matters once per letter."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        super().__init__(name="mailer-send-log", daemon=True)
+        self._db = db
+        self._queue: queue.SimpleQueue[
+            tuple[_Batch, asyncio.AbstractEventLoop, asyncio.Future[None]] | None
+        ] = queue.SimpleQueue()
+        self.start()
+
+    def write(self, batch: _Batch) -> asyncio.Future[None]:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        self._queue.put((batch, loop, done))
+        return done
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        self.join()
+
+    def run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            batch, loop, done = item
+            try:
+                with _transaction(self._db) as db:
+                    db.executemany(_MARK, batch.marks)
+                    db.executemany(_OUTCOME, batch.outcomes)
+            except sqlite3.Error as error:
+                loop.call_soon_threadsafe(_settle, done, error)
+            else:
+                loop.call_soon_threadsafe(_settle, done, None)
+
+
+def _settle(done: asyncio.Future[None], error: BaseException | None) -> None:
+    if done.cancelled():
+        return
+    if error is None:
+        done.set_result(None)
+    else:
+        done.set_exception(error)
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA busy_timeout = 5000")
+    # Every commit reaches the disk before the letter it marks is handed to the server.
+    db.execute("PRAGMA synchronous = FULL")
+    return db
+
+
+@contextlib.contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        yield db
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
 
 
 def _log_error(path: Path, error: BaseException) -> LogError:

@@ -85,7 +85,12 @@ def test_a_letter_left_sending_by_a_dead_run_becomes_unknown_on_the_next_run(
     log = SendLog.open(path)
     run_id = log.begin_run("c", {}, "hash")
     log.register("c", letters, "hash")
-    asyncio.run(log.recorder("c", run_id).sending(letters[0]))
+    recorder = log.recorder("c", run_id)
+
+    async def mark() -> None:
+        await recorder.sending(letters[0])
+
+    asyncio.run(mark())
     log.close()  # the process dies here: no outcome is ever recorded
 
     assert _query(path, "SELECT status, attempts FROM letters ORDER BY line") == \
