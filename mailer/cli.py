@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import json
 import sys
@@ -28,7 +27,7 @@ from .errors import ConfigError, MailerError
 from .message import Letter
 from .outbox import write_outbox
 from .outcome import Outcome, Status
-from .sender import NoLog, Sender, SendSummary
+from .sender import NoLog, Sender, SendSummary, run
 from .sendlog import Entry, SendLog
 from .settings import PLACEHOLDER_FROM, PLACEHOLDER_NAME, Settings, load_settings
 from .sink import Received, RecordingHandler, start_sink
@@ -203,7 +202,7 @@ def _test_send(campaign: Campaign, address: str, count: int, yes: bool) -> None:
     _confirm("Send the test?", yes)
     letters = _first(campaign.letters(campaign.recipients(), redirect_to=address), count)
     sender = Sender(settings, NoLog(), on_outcome=_print_outcome)
-    summary = asyncio.run(sender.run(letters))
+    summary = run(sender.run(letters))
     raise click.exceptions.Exit(_report(summary))
 
 
@@ -221,7 +220,7 @@ def _live_send(campaign: Campaign, options: SendOptions, yes: bool) -> None:
                    f"with {settings.concurrency} connection(s). Log: {settings.log}")
         _confirm(f"Send {plan.due} letter{'s' * (plan.due != 1)}?", yes)
         with Progress(plan.due) as progress:
-            summary = asyncio.run(delivery.send(on_outcome=progress.update))
+            summary = run(delivery.send(on_outcome=progress.update))
     finally:
         delivery.close()
     raise click.exceptions.Exit(_report(summary))

@@ -152,7 +152,7 @@ class Delivery:
         self.campaign = campaign
         self.options = options
         self.policy = policy
-        self.log = SendLog.open(log_path)
+        self.log = SendLog.open(log_path, sync=campaign.settings.log_sync)
         self.run_id: int | None = None
         self.plan = Plan()
         self._planned = False

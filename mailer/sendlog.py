@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from filelock import FileLock, Timeout
 
@@ -110,22 +110,29 @@ class CampaignSummary:
 class SendLog:
     """An open send log. `SendLog.open(path)` for reading; `lock()` before sending."""
 
-    def __init__(self, path: Path, connection: sqlite3.Connection) -> None:
+    def __init__(self, path: Path, connection: sqlite3.Connection, sync: str = "full") -> None:
         self.path = path
+        self.sync = sync
         self._db = connection
         self._lock: FileLock | None = None
         self._recorders: list[Recorder] = []
 
     @classmethod
-    def open(cls, path: Path, *, create: bool = True) -> SendLog:
-        """Open (and create or migrate) the log; raise LogError with the reason if it can't."""
+    def open(cls, path: Path, *, create: bool = True,
+             sync: Literal["full", "normal"] = "full") -> SendLog:
+        """Open (and create or migrate) the log; raise LogError with the reason if it can't.
+
+        `sync="full"` makes every commit reach the disk (fsync) before a letter goes out: the
+        log then survives a power cut too. "normal" survives a killed process but not a
+        power cut or an operating-system crash, and costs far less per letter.
+        """
         if not create and not path.exists():
             raise LogError(f"no send log at {path}; nothing has been sent with this log yet")
         db: sqlite3.Connection | None = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            db = _connect(path)
-            log = cls(path, db)
+            db = _connect(path, sync)
+            log = cls(path, db, sync)
             log._migrate()
         except LogError:
             # Already says what is wrong (a newer schema): not to be re-worded as an OSError.
@@ -249,7 +256,7 @@ class SendLog:
         loop never waits for a commit's fsync (nor its look-ups behind one).
         """
         try:
-            writer = _connect(self.path)
+            writer = _connect(self.path, self.sync)
         except sqlite3.Error as error:
             raise _log_error(self.path, error) from None
         recorder = Recorder(writer, self.path, campaign, run_id)
@@ -437,11 +444,10 @@ def _settle(done: asyncio.Future[None], error: BaseException | None) -> None:
         done.set_exception(error)
 
 
-def _connect(path: Path) -> sqlite3.Connection:
+def _connect(path: Path, sync: str) -> sqlite3.Connection:
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     db.execute("PRAGMA busy_timeout = 5000")
-    # Every commit reaches the disk before the letter it marks is handed to the server.
-    db.execute("PRAGMA synchronous = FULL")
+    db.execute(f"PRAGMA synchronous = {'NORMAL' if sync == 'normal' else 'FULL'}")
     return db
 
 

@@ -7,6 +7,7 @@ import hashlib
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import pytest
 from conftest import LoggedSend, Server, make_letters
@@ -160,3 +161,14 @@ def test_every_letter_a_run_tried_names_that_run(smtp_server: Server, send_logge
     assert _query(tmp_path / "log.sqlite3", "SELECT email, status, run_id FROM letters "
                   "ORDER BY line") == [("person0@example.org", "sent", 1),
                                        ("person1@example.org", "failed", 1)]
+
+
+@pytest.mark.parametrize(("sync", "pragma"), [("full", 2), ("normal", 1)])
+def test_the_log_syncs_as_configured(tmp_path: Path, sync: Literal["full", "normal"],
+                                     pragma: int) -> None:
+    log = SendLog.open(tmp_path / "log.sqlite3", sync=sync)
+    recorder = log.recorder("c", log.begin_run("c", {}, "hash"))
+    try:
+        assert recorder._db.execute("PRAGMA synchronous").fetchone()[0] == pragma
+    finally:
+        log.close()
