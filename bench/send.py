@@ -58,11 +58,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
-import hashlib
 import json
 import os
 import pwd
-import random
 import resource
 import shutil
 import signal
@@ -73,55 +71,35 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-REPO = Path(__file__).resolve().parent.parent
+from common import (
+    FROM_ADDRESS,
+    REPO,
+    SENDER_NAME,
+    BenchError,
+    executable,
+    git_state,
+    mailmerge_template,
+    recipient_rows,
+    snapshot,
+)
+
 TEMPLATE = REPO / "templates" / "letter.txt"
 POSTFIX = REPO.parent / "shared" / "tools" / "postfix"
-FROM_ADDRESS = "organiser@example.org"
-SENDER_NAME = "Olive Organiser"
 SOURCE_TO = "sink@example.net"
 MAILMERGE_LETTERS = 3000
 GOAL_LOG_COST = 10.0  # percent
 CHILD_TIMEOUT = 1800.0
 
-FIRST = [("Amelia", "amelia"), ("Jürgen", "jurgen"), ("Zoë", "zoe"), ("Marta", "marta"),
-         ("Łukasz", "lukasz"), ("Søren", "soren"), ("José", "jose"), ("Ελένη", "eleni"),
-         ("Ioana", "ioana"), ("François", "francois"), ("Niamh", "niamh"), ("Pieter", "pieter"),
-         ("Giulia", "giulia"), ("Tomáš", "tomas"), ("Grace", "grace"), ("Ada", "ada")]
-LAST = [("Hartley", "hartley"), ("Müller", "muller"), ("Lefèvre", "lefevre"),
-        ("Kowalska", "kowalska"), ("Wróbel", "wrobel"), ("Kierkegaard", "kierkegaard"),
-        ("Álvarez", "alvarez"), ("Papadopoulou", "papadopoulou"), ("Popescu", "popescu"),
-        ("de Vries", "devries"), ("Rossi", "rossi"), ("Novák", "novak"), ("Dubois", "dubois"),
-        ("Nieminen", "nieminen"), ("Smith", "smith"), ("Hopper", "hopper")]
-TITLES = ["Ms", "Mr", "Dr", "Prof.", "Hon."]
-COUNTRIES = ["Ireland", "Germany", "France", "Poland", "Denmark", "Spain", "Greece", "Romania",
-             "Belgium", "Netherlands", "Italy", "Czechia", "Finland", "Österreich", "Sverige"]
-SUBDOMAINS = ["parliament", "senate", "assembly", "ministry", "council", "commission", "office",
-              "cabinet"]
 
 T = TypeVar("T")
 
 
-class BenchError(Exception):
-    """A run failed or sent something unexpected; the message says which."""
-
-
 # --- the campaign ---------------------------------------------------------------------------
-
-def recipient_rows(count: int, seed: int = 2019) -> Iterator[list[str]]:
-    """`count` rows of email,title,name,country with unique addresses (deterministic)."""
-    rng = random.Random(seed)
-    for index in range(count):
-        first, first_ascii = rng.choice(FIRST)
-        last, last_ascii = rng.choice(LAST)
-        domain = (f"{rng.choice(SUBDOMAINS)}{rng.randrange(8)}."
-                  f"example.{'org' if index % 2 else 'net'}")
-        local = f"{first_ascii}.{last_ascii.replace(' ', '')}.{index}"
-        yield [f"{local}@{domain}", rng.choice(TITLES), f"{first} {last}", rng.choice(COUNTRIES)]
 
 
 def write_recipients(path: Path, count: int, also: Path, also_count: int) -> None:
@@ -136,24 +114,6 @@ def write_recipients(path: Path, count: int, also: Path, also_count: int) -> Non
             writer.writerow(row)
             if index < also_count:
                 other.writerow(row)
-
-
-def mailmerge_template(template: Path) -> str:
-    """mailer's template in mailmerge's format: the same headers plus FROM, the same body,
-    with the sender's name written in."""
-    text = template.read_text(encoding="utf-8-sig")
-    head, _, body = text.partition("\n\n")
-    lines = []
-    for line in head.splitlines():
-        name, _, value = line.partition(":")
-        if name.strip().lower() != "from":
-            lines.append(f"{name.strip().upper()}: {value.strip()}")
-    lines.insert(1, f'FROM: "{SENDER_NAME}" <{FROM_ADDRESS}>')
-    merged = "\n".join(lines) + "\n\n" + body
-    for variable, value in (("sender_name", SENDER_NAME), ("sender_email", FROM_ADDRESS)):
-        merged = merged.replace(f"{{{{ {variable} }}}}", value)
-        merged = merged.replace(f"{{{{{variable}}}}}", value)
-    return merged
 
 
 @dataclass(frozen=True)
@@ -175,34 +135,6 @@ class Workspace:
         path.write_text(f"[smtp_server]\nhost = {host}\nport = {port}\nratelimit = 0\n",
                         encoding="utf-8")
         return path
-
-
-def snapshot(root: Path) -> tuple[Path, str]:
-    """Copy the mailer package under `root`; returns the folder for PYTHONPATH and a hash."""
-    from importlib.util import find_spec
-
-    spec = find_spec("mailer")  # finds the package in use without importing it
-    if spec is None or spec.origin is None:
-        raise BenchError("mailer is not installed; pip install -e .")
-    target = root / "src" / "mailer"
-    shutil.copytree(Path(spec.origin).parent, target,
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    digest = hashlib.sha256()
-    for path in sorted(target.rglob("*.py")):
-        digest.update(path.relative_to(target).as_posix().encode() + b"\0" + path.read_bytes())
-    return root / "src", digest.hexdigest()[:12]
-
-
-def git_state() -> str:
-    """`d3d868a` or `d3d868a, mailer/ modified`, or `unknown`."""
-    try:
-        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "mailer"],
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return f"{head}, mailer/ modified" if dirty else head
 
 
 # --- the measured work, run in a child process ----------------------------------------------
@@ -384,17 +316,6 @@ def spawn(argv: list[str], cwd: Path, source: Path | None = None) -> tuple[float
         tail = errors.read_text(encoding="utf-8", errors="replace")[-3000:]
         raise BenchError(f"{' '.join(argv)} exited with {process.returncode}:\n{tail}")
     return wall, usage.ru_utime + usage.ru_stime
-
-
-def executable(name: str) -> str:
-    """A console script of this venv (beside sys.executable), else from PATH."""
-    beside = Path(sys.executable).parent / name
-    if beside.exists():
-        return str(beside)
-    found = shutil.which(name)
-    if found is None:
-        raise BenchError(f"{name} is not installed; pip install -e '.[bench]'")
-    return found
 
 
 def free_port() -> int:
