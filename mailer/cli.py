@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import sys
 import threading
@@ -200,7 +201,7 @@ def _test_send(campaign: Campaign, address: str, count: int, yes: bool) -> None:
                f"the recipients, via {_describe_server(settings)}. Not recorded in the log.")
     campaign.require_clean()
     _confirm("Send the test?", yes)
-    letters = _first(campaign.letters(campaign.recipients(), redirect_to=address), count)
+    letters = itertools.islice(campaign.letters(campaign.recipients(), redirect_to=address), count)
     sender = Sender(settings, NoLog(), on_outcome=_print_outcome)
     summary = run(sender.run(letters))
     raise click.exceptions.Exit(_report(summary))
@@ -276,13 +277,6 @@ def _report(summary: SendSummary) -> int:
         click.echo("Run mailer send again to continue where it stopped.")
         return 130
     return 0 if summary.counts[Status.SENT] == summary.total else 1
-
-
-def _first(items: Iterable[Any], limit: int) -> Iterator[Any]:
-    for count, item in enumerate(items, start=1):
-        yield item
-        if count >= limit:
-            return
 
 
 _ATTENTION = (Status.FAILED, Status.DEFERRED, Status.UNKNOWN, Status.SENDING, Status.PENDING)
