@@ -3,6 +3,7 @@ a snapshot of the mailer package under test, and small process helpers."""
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import random
 import shutil
@@ -116,3 +117,16 @@ def executable(name: str) -> str:
         raise BenchError(f"{name} is not installed; pip install -e '.[bench]'")
     return found
 
+
+def write_recipients(path: Path, count: int, also: Path, also_count: int) -> None:
+    """Write `count` rows to `path` and the first `also_count` of them to `also`."""
+    header = ["email", "title", "name", "country"]
+    with (path.open("w", encoding="utf-8", newline="") as main_file,
+          also.open("w", encoding="utf-8", newline="") as other_file):
+        writer, other = csv.writer(main_file), csv.writer(other_file)
+        writer.writerow(header)
+        other.writerow(header)
+        for index, row in enumerate(recipient_rows(count)):
+            writer.writerow(row)
+            if index < also_count:
+                other.writerow(row)

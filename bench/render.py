@@ -39,7 +39,6 @@ would inflate every child's figure.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import resource
@@ -66,8 +65,8 @@ from common import (
     executable,
     git_state,
     mailmerge_template,
-    recipient_rows,
     snapshot,
+    write_recipients,
 )
 
 if TYPE_CHECKING:
@@ -80,25 +79,6 @@ GOAL_MB = 150
 GOAL_ROWS = 1_000_000
 
 # --- synthetic data -------------------------------------------------------------------------
-
-
-def write_recipients(path: Path, count: int, also: Path | None = None,
-                     also_count: int = 0) -> None:
-    """Write `count` rows to `path` and (optionally) the first `also_count` of them to `also`."""
-    header = ["email", "title", "name", "country"]
-    with path.open("w", encoding="utf-8", newline="") as main_file:
-        writer = csv.writer(main_file)
-        writer.writerow(header)
-        if also is None:
-            writer.writerows(recipient_rows(count))
-            return
-        with also.open("w", encoding="utf-8", newline="") as other_file:
-            other = csv.writer(other_file)
-            other.writerow(header)
-            for index, row in enumerate(recipient_rows(count)):
-                writer.writerow(row)
-                if index < also_count:
-                    other.writerow(row)
 
 
 @dataclass(frozen=True)
@@ -124,8 +104,7 @@ def prepare(root: Path, rows: int, mailmerge_rows: int, template: Path,
     space = Workspace(root, root / "recipients.csv", root / "mailmerge_database.csv", template,
                       root / "mailmerge_template.txt", root / "mailmerge_server.conf",
                       root / ".env", source)
-    write_recipients(space.csv, rows, space.mailmerge_csv if mailmerge_rows else None,
-                     mailmerge_rows)
+    write_recipients(space.csv, rows, space.mailmerge_csv, mailmerge_rows)
     space.mailmerge_template.write_text(mailmerge_template(template), encoding="utf-8")
     # Dry runs never connect; mailmerge still wants a config file.
     space.mailmerge_conf.write_text("[smtp_server]\nhost = 127.0.0.1\nport = 2525\n"

@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
 import json
 import os
 import pwd
@@ -84,8 +83,8 @@ from common import (
     executable,
     git_state,
     mailmerge_template,
-    recipient_rows,
     snapshot,
+    write_recipients,
 )
 
 TEMPLATE = REPO / "templates" / "letter.txt"
@@ -100,20 +99,6 @@ T = TypeVar("T")
 
 
 # --- the campaign ---------------------------------------------------------------------------
-
-
-def write_recipients(path: Path, count: int, also: Path, also_count: int) -> None:
-    """Write `count` rows to `path` and the first `also_count` of them to `also`."""
-    header = ["email", "title", "name", "country"]
-    with (path.open("w", encoding="utf-8", newline="") as main_file,
-          also.open("w", encoding="utf-8", newline="") as other_file):
-        writer, other = csv.writer(main_file), csv.writer(other_file)
-        writer.writerow(header)
-        other.writerow(header)
-        for index, row in enumerate(recipient_rows(count)):
-            writer.writerow(row)
-            if index < also_count:
-                other.writerow(row)
 
 
 @dataclass(frozen=True)
