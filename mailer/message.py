@@ -22,8 +22,6 @@ from email.utils import formatdate
 from functools import lru_cache
 from pathlib import Path
 
-from email_validator import validate_email
-
 from .addresses import InvalidAddress, Mailbox, parse_address_list
 from .recipients import Recipient
 from .settings import Settings
@@ -67,7 +65,7 @@ class LetterBuilder:
         self.template = template
         self.settings = settings
         self.campaign = campaign
-        self._domain = ascii_address(settings.from_address).rpartition("@")[2]
+        self._domain = settings.from_address.rpartition("@")[2]
         self._from = address_header("From", [Mailbox(settings.sender_name,
                                                      settings.from_address)])
         self._extra = {"sender_name": settings.sender_name,
@@ -101,7 +99,7 @@ class LetterBuilder:
                         raise RenderError(f"the {name} header names {box.address}, which is "
                                           "neither this row's value nor written in the template;"
                                           " a value in a name field must not add a recipient")
-                    address = ascii_address(box.address)
+                    address = box.address
                     if address.casefold() not in {a.casefold() for a in envelope}:
                         envelope.append(address)
             if mailboxes and name != "Bcc":
@@ -173,28 +171,17 @@ class _Allowed:
         return any(written.search(value.casefold()) for _, value, _ in self._template.headers)
 
 
-@lru_cache(maxsize=4096)
-def ascii_address(address: str) -> str:
-    """A valid address with its domain in IDNA ASCII form (`a@bücher.example` is normalized
-    that way), as an ASCII header and SMTP without SMTPUTF8 need it."""
-    if address.isascii():
-        return address
-    ascii_email = validate_email(address, check_deliverability=False,
-                                 allow_smtputf8=False).ascii_email
-    assert ascii_email is not None  # allow_smtputf8=False: the local part is ASCII
-    return ascii_email
-
-
 def address_header(name: str, mailboxes: Iterable[Mailbox]) -> str:
     """`Name: a, b` with each mailbox encoded, folded between mailboxes."""
     return _fold(f"{name}: ", [format_mailbox(m) for m in mailboxes], ", ")
 
 
 def format_mailbox(mailbox: Mailbox) -> str:
-    """One mailbox as header text: quoted or RFC 2047-encoded name, then `<address>`."""
+    """One mailbox as header text: quoted or RFC 2047-encoded name, then `<address>`
+    (addresses are ASCII already: `normalize_address` writes international domains in IDNA)."""
     name = mailbox.name
     if not name:
-        return ascii_address(mailbox.address)
+        return mailbox.address
     if not name.isascii() or any(c < " " or c == "\x7f" for c in name) or "=?" in name:
         shown = encode_words(name)
     elif len(name) > _FOLD_AT // 2:
@@ -203,7 +190,7 @@ def format_mailbox(mailbox: Mailbox) -> str:
         shown = name
     else:
         shown = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return f"{shown} <{ascii_address(mailbox.address)}>"
+    return f"{shown} <{mailbox.address}>"
 
 
 @lru_cache(maxsize=1024)

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from dotenv import dotenv_values
-from email_validator import EmailNotValidError, validate_email
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
+from .addresses import InvalidAddress, normalize_address
 from .errors import ConfigError
 
 PLACEHOLDER_FROM = "organiser@campaign.example"
@@ -106,9 +106,8 @@ class Settings(BaseModel):
     @classmethod
     def _valid_from(cls, value: str) -> str:
         try:
-            return validate_email(value, check_deliverability=False,
-                                  allow_smtputf8=False).normalized
-        except EmailNotValidError as error:
+            return normalize_address(value)
+        except InvalidAddress as error:
             raise ValueError(f"{value!r} is not an email address: {error}") from None
 
     @field_validator("sender_name", "smtp_host", "smtp_username")

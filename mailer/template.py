@@ -89,10 +89,14 @@ class _Piece:
     line: int
     compiled: Any = None
     variables: dict[str, int] = field(default_factory=dict)
+    # Text with no Jinja syntax in it renders as itself (a fixed Subject, say).
+    fixed: bool = False
+
+    def __post_init__(self) -> None:
+        self.fixed = "{" not in self.source
 
     def render(self, context: Mapping[str, Any]) -> str:
-        # Text with no Jinja syntax in it renders as itself (a fixed Subject, say).
-        return self.compiled.render(context) if "{" in self.source else self.source
+        return self.source if self.fixed else self.compiled.render(context)
 
 
 class LetterTemplate:
