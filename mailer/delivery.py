@@ -3,9 +3,9 @@
 The order is what makes a send safe to interrupt and repeat:
 1. every row is validated and every letter built (`Campaign.letters`); any problem stops the
    run before anything is written or sent;
-2. the log is locked (one sender per log), stale ``sending`` rows become ``unknown``, and every
-   letter is registered ``pending`` in one transaction;
-3. letters whose state says they are due are sent; each outcome lands in the log.
+2. the log is locked (one sender per log), what a dead run left ``sending`` is settled, and
+   every letter is registered ``pending`` in one transaction;
+3. letters whose state says they are due are reserved, sent, and their outcomes recorded.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Protocol, TypeVar
 from .campaign import Campaign
 from .errors import InputError, LogError
 from .outcome import Outcome, Status
+from .recorder import Recorder
 from .sender import Policy, Sender, SendSummary
 from .sendlog import SendLog
 
@@ -60,7 +61,8 @@ class Plan:
             return text
         hints = {Status.SENT: "already sent", Status.FAILED: "failed (--retry-failed to retry)",
                  Status.UNKNOWN: "unknown: the server may have them (--resend-unknown to resend)",
-                 Status.SENDING: "in flight in a run that stopped"}
+                 Status.SENDING: "reserved by a run that stopped (the next live run "
+                                 "sorts out which reached the server)"}
         parts = [f"{n} {hints.get(s, str(s))}" for s, n in sorted(self.skipped.items())]
         if self.repeated:
             parts.append(f"{self.repeated} row{'s' * (self.repeated != 1)} repeating an "
@@ -152,7 +154,7 @@ class Delivery:
         self.campaign = campaign
         self.options = options
         self.policy = policy
-        self.log = SendLog.open(log_path, sync=campaign.settings.log_sync)
+        self.log = SendLog.open(log_path)
         self.run_id: int | None = None
         self.plan = Plan()
         self._planned = False
@@ -182,9 +184,7 @@ class Delivery:
         """Send the due letters; SIGINT/SIGTERM stop it cleanly (in-flight letters finish)."""
         assert self.run_id is not None, "prepare() first"
         stop = stop or asyncio.Event()
-        recorder = self.log.recorder(self.campaign.name, self.run_id)
-        sender = Sender(self.campaign.settings, recorder, policy=self.policy,
-                        on_outcome=on_outcome)
+        recorder = Recorder(self.log, self.campaign.name, self.run_id)
         letters = select(self.campaign.letters(self.campaign.recipients()), self.log,
                          self.campaign.name, self.options, Plan(),
                          once_per_address=self.campaign.allow_duplicates)
@@ -193,15 +193,20 @@ class Delivery:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(sig, stop.set)
         outcome = "failed"
+        counts: Counter[Status] = Counter()
         try:
+            sender = Sender(self.campaign.settings, recorder, policy=self.policy,
+                            on_outcome=on_outcome)
+            counts = sender.summary.counts
             summary = await sender.run(letters, stop)
             outcome = "interrupted" if summary.interrupted else "completed"
             return summary
         finally:
+            recorder.close()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                     loop.remove_signal_handler(sig)
-            self._end(outcome, sender.summary.counts)
+            self._end(outcome, counts)
 
     def _end(self, outcome: str, counts: Counter[Status] | None = None) -> None:
         if self.run_id is not None:

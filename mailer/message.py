@@ -46,11 +46,6 @@ class Letter:
     message_id: str
     data: bytes
 
-    @property
-    def sha256(self) -> str:
-        """Fingerprint of exactly what is (or was) sent."""
-        return hashlib.sha256(self.data).hexdigest()
-
 
 def message_id(campaign: str, email: str, domain: str) -> str:
     """A Message-ID stable for one (campaign, recipient), so a resent letter is recognisable."""

@@ -1,9 +1,10 @@
 """The sender: letters in, one recorded outcome per letter out.
 
 A producer feeds a bounded queue (so memory stays flat for any list size), holding back
-letters whose domain has its own limit so they do not block the others; `concurrency` workers
-each own one long-lived connection, pace themselves on the shared rate limiter, retry
-transient failures with jittered exponential backoff and hand every outcome to one recorder.
+letters whose domain has its own limit so they do not block the others, and has the recorder
+reserve them a batch at a time on the way in; `concurrency` workers each own one long-lived
+connection, pace themselves on the shared rate limiter, retry transient failures with
+jittered exponential backoff and hand every outcome to the recorder.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import heapq
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -25,16 +26,20 @@ from .settings import Settings
 from .smtp import Connection, check_security, tls_context
 
 _T = TypeVar("_T")
+# Letters on their way to the workers, each with its batch's reservation; None: no more.
+_Queue = asyncio.Queue[tuple[Letter, asyncio.Future[None]] | None]
 
 
 class Recorder(Protocol):
-    """Where the sender reports: `sending` resolves once the mark is durable."""
+    """Where the sender reports (recorder.Recorder writes the send log)."""
 
-    def sending(self, letter: Letter) -> asyncio.Future[None]: ...
+    def reserve(self, letters: Sequence[Letter]) -> asyncio.Future[None]: ...
+
+    def started(self, letter: Letter) -> None: ...
 
     def record(self, outcome: Outcome) -> None: ...
 
-    async def flush(self) -> None: ...
+    async def finish(self) -> None: ...
 
 
 def run(main: Coroutine[Any, Any, _T]) -> _T:
@@ -51,15 +56,18 @@ def run(main: Coroutine[Any, Any, _T]) -> _T:
 class NoLog:
     """A recorder that keeps nothing: for test sends (`--to`), which are not the campaign."""
 
-    def sending(self, letter: Letter) -> asyncio.Future[None]:
+    def reserve(self, letters: Sequence[Letter]) -> asyncio.Future[None]:
         done = asyncio.get_running_loop().create_future()
         done.set_result(None)
         return done
 
+    def started(self, letter: Letter) -> None:
+        return None
+
     def record(self, outcome: Outcome) -> None:
         return None
 
-    async def flush(self) -> None:
+    async def finish(self) -> None:
         return None
 
 
@@ -118,12 +126,13 @@ class Sender:
         """
         stop = stop or asyncio.Event()
         started = time.monotonic()
-        queue: asyncio.Queue[Letter | None] = asyncio.Queue(self.settings.concurrency * 4)
+        # Room for a reservation batch on its way while the workers drain the one before.
+        queue: _Queue = asyncio.Queue(max(32, 4 * self.settings.concurrency))
         connections = [Connection(self.settings, self._context)
                        for _ in range(self.settings.concurrency)]
-        # Fail fast (bad password, bad certificate, no server) before taking any letter.
-        await connections[0].open()
         try:
+            # Fail fast (bad password, bad certificate, no server) before taking any letter.
+            await connections[0].open()
             async with asyncio.TaskGroup() as group:
                 workers = [group.create_task(self._work(c, queue, stop)) for c in connections]
                 producer = group.create_task(self._produce(letters, queue, len(workers)))
@@ -134,32 +143,50 @@ class Sender:
         finally:
             for connection in connections:
                 await connection.quit()
-            await self.recorder.flush()
+            await self.recorder.finish()
             self.summary.elapsed = time.monotonic() - started
         self.summary.interrupted = stop.is_set()
         return self.summary
 
-    async def _produce(self, letters: Iterable[Letter], queue: asyncio.Queue[Letter | None],
-                       workers: int) -> None:
+    async def _produce(self, letters: Iterable[Letter], queue: _Queue, workers: int) -> None:
         planner = DomainLimits(self.settings.domain_rates)
         held: list[tuple[float, int, Letter]] = []
+        batch: list[Letter] = []
         for number, letter in enumerate(letters):
             limiter = planner.for_address(letter.email) if planner else None
             delay = limiter.reserve() if limiter else 0.0
             if delay > 0:
                 heapq.heappush(held, (time.monotonic() + delay, number, letter))
             else:
-                await queue.put(letter)
+                batch.append(letter)
             while held and (held[0][0] <= time.monotonic()
                             or len(held) >= self.policy.held_back):
+                await self._queue(batch, queue)  # not to wait behind the sleep
                 await asyncio.sleep(max(0.0, held[0][0] - time.monotonic()))
-                await queue.put(heapq.heappop(held)[2])
+                batch.append(heapq.heappop(held)[2])
+            # Half a queue per reservation (one commit), unless a worker may be idle.
+            if len(batch) >= queue.maxsize // 2 or queue.qsize() < workers:
+                await self._queue(batch, queue)
             await asyncio.sleep(0)  # rendering is CPU work: let the workers run between letters
+        await self._queue(batch, queue)
         while held:
             await asyncio.sleep(max(0.0, held[0][0] - time.monotonic()))
-            await queue.put(heapq.heappop(held)[2])
+            await self._queue([heapq.heappop(held)[2]], queue)
         for _ in range(workers):
             await queue.put(None)
+
+    async def _queue(self, batch: list[Letter], queue: _Queue) -> None:
+        """Reserve `batch` (empties it) and queue its letters, which wait for the
+        reservation to be on disk only when they reach DATA."""
+        if not batch:
+            return
+        reserved = self.recorder.reserve(batch)
+        # Letters still queued when a run stops never look at their reservation.
+        reserved.add_done_callback(_quietly)
+        letters = batch.copy()
+        batch.clear()
+        for letter in letters:
+            await queue.put((letter, reserved))
 
     async def _grace(self, stop: asyncio.Event, producer: asyncio.Task[None],
                      workers: list[asyncio.Task[None]]) -> None:
@@ -184,17 +211,17 @@ class Sender:
         for worker in workers:
             worker.cancel()
 
-    async def _work(self, connection: Connection, queue: asyncio.Queue[Letter | None],
-                    stop: asyncio.Event) -> None:
+    async def _work(self, connection: Connection, queue: _Queue, stop: asyncio.Event) -> None:
         enforcer = DomainLimits(self.settings.domain_rates)
         while not stop.is_set():
-            letter = await queue.get()
-            if letter is None:
+            item = await queue.get()
+            if item is None:
                 return
-            self._finish(await self._deliver(connection, letter, enforcer))
+            letter, reserved = item
+            self._finish(await self._deliver(connection, letter, reserved, enforcer))
 
     async def _deliver(self, connection: Connection, letter: Letter,
-                       domains: DomainLimits) -> Outcome:
+                       reserved: asyncio.Future[None], domains: DomainLimits) -> Outcome:
         """Try one letter until it is sent, fails for good, or runs out of tries."""
         deadline = time.monotonic() + self.policy.retry_window
         in_data = False
@@ -205,21 +232,15 @@ class Sender:
             if limiter:
                 await limiter.acquire()
             await self._rate.acquire()
-            # The durable mark is started now and awaited just before DATA, so its fsync
-            # overlaps MAIL and RCPT instead of adding to every letter's time.
-            mark = self.recorder.sending(letter)
-            # If the attempt ends another way (cancelled, a fatal error), the mark's own
-            # failure is not news: the run is stopping already.
-            mark.add_done_callback(_quietly)
 
-            async def before_data(mark: asyncio.Future[None] = mark) -> None:
+            async def before_data() -> None:
                 nonlocal in_data
-                await mark
+                await reserved  # on disk long ago, unless the queue ran dry
+                self.recorder.started(letter)
                 in_data = True
 
             try:
                 attempt = await connection.send(letter, before_data)
-                await mark  # a log that cannot be written stops the run
             except asyncio.CancelledError:
                 status = Status.UNKNOWN if in_data else Status.DEFERRED
                 self._finish(Outcome(letter, status, attempt_number,

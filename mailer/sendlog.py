@@ -1,37 +1,34 @@
 """The send log: a SQLite file that records every recipient's state, durably, across runs.
 
-One row per (campaign, address) and one per run. A letter is marked ``sending`` and committed
-(fsync'd: ``synchronous=FULL``) before its SMTP DATA, and its outcome afterwards, so a run
-killed at any instant leaves every in-flight letter ``sending``; the next run turns those
-into ``unknown`` instead of sending them blindly again. Commits are grouped: all the marks
-that arrive while one commit runs go into the next, so the cost is one fsync per batch.
+One row per (campaign, address) and one per run. Before a letter can reach SMTP DATA it is
+reserved: marked ``sending`` (its previous state kept) in a commit that reaches the disk
+(``synchronous=FULL``); its outcome is written afterwards. `Recorder` (recorder.py) does that
+during a run. A run killed at any instant leaves its reserved letters ``sending``; the next
+run settles them with the run's in-flight journal (journal.py): those that may have reached
+the server become ``unknown`` and are not sent blindly again, the rest get their state back.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import json
 import os
-import queue
 import shutil
 import sqlite3
-import threading
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
 
 from filelock import FileLock, Timeout
 
 from .errors import LogError, LogLocked
+from .journal import Flown, read_journal
 from .message import Letter
-from .outcome import Outcome, Status
+from .outcome import Status
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _MIGRATIONS: dict[int, str] = {
     1: """
     CREATE TABLE letters (
@@ -63,12 +60,19 @@ _MIGRATIONS: dict[int, str] = {
         counts TEXT
     );
     """,
+    # The state a reserved (`sending`) letter goes back to if it never reached DATA. The
+    # status index cost a third of each letter's write; `mailer log` reads little enough.
+    2: "ALTER TABLE letters ADD COLUMN prior_status TEXT; DROP INDEX letters_status",
 }
 
 
 def now() -> str:
     """The current time as stored in the log (UTC, ISO 8601, milliseconds)."""
     return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+# `now()`'s format, for SQLite's strftime() (the writer passes Unix times: cheaper to take).
+STAMP = "%Y-%m-%dT%H:%M:%f+00:00"
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,29 +114,25 @@ class CampaignSummary:
 class SendLog:
     """An open send log. `SendLog.open(path)` for reading; `lock()` before sending."""
 
-    def __init__(self, path: Path, connection: sqlite3.Connection, sync: str = "full") -> None:
+    def __init__(self, path: Path, connection: sqlite3.Connection) -> None:
         self.path = path
-        self.sync = sync
         self._db = connection
         self._lock: FileLock | None = None
-        self._recorders: list[Recorder] = []
 
     @classmethod
-    def open(cls, path: Path, *, create: bool = True,
-             sync: Literal["full", "normal"] = "full") -> SendLog:
+    def open(cls, path: Path, *, create: bool = True) -> SendLog:
         """Open (and create or migrate) the log; raise LogError with the reason if it can't.
 
-        `sync="full"` makes every commit reach the disk (fsync) before a letter goes out: the
-        log then survives a power cut too. "normal" survives a killed process but not a
-        power cut or an operating-system crash, and costs far less per letter.
+        Every commit reaches the disk (fsync) before it counts, so the log survives a power
+        cut too.
         """
         if not create and not path.exists():
             raise LogError(f"no send log at {path}; nothing has been sent with this log yet")
         db: sqlite3.Connection | None = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            db = _connect(path, sync)
-            log = cls(path, db, sync)
+            db = _connect(path)
+            log = cls(path, db)
             log._migrate()
         except LogError:
             # Already says what is wrong (a newer schema): not to be re-worded as an OSError.
@@ -142,7 +142,7 @@ class SendLog:
         except (sqlite3.Error, OSError) as error:
             if db is not None:
                 db.close()
-            raise _log_error(path, error) from None
+            raise log_error(path, error) from None
         return log
 
     def _migrate(self) -> None:
@@ -161,6 +161,18 @@ class SendLog:
                     self._db.execute("ROLLBACK")
                 raise
 
+    @property
+    def journal_path(self) -> Path:
+        """Where a run's in-flight journal lives: beside the log."""
+        return self.path.with_name(f"{self.path.name}.inflight")
+
+    def connect(self) -> sqlite3.Connection:
+        """Another connection to the log, for a writer thread (usable from any thread)."""
+        try:
+            return _connect(self.path)
+        except sqlite3.Error as error:
+            raise log_error(self.path, error) from None
+
     def lock(self) -> None:
         """Hold the log for one sending process; a second one gets LogLocked."""
         lock = FileLock(f"{self.path}.lock", timeout=0)
@@ -170,13 +182,11 @@ class SendLog:
             raise LogLocked(f"another mailer send is using {self.path}; wait for it to finish "
                             "(or stop it) before starting another") from None
         except OSError as error:
-            raise _log_error(self.path, error) from None
+            raise log_error(self.path, error) from None
         self._lock = lock
 
     def close(self) -> None:
-        """Close the database (and any recorder's) and release the lock."""
-        for recorder in self._recorders:
-            recorder.close()
+        """Close the database and release the lock."""
         self._db.close()
         if self._lock is not None:
             self._lock.release()
@@ -185,21 +195,26 @@ class SendLog:
     # -- a run ------------------------------------------------------------------------------
 
     def begin_run(self, campaign: str, settings: dict[str, str], template_sha256: str) -> int:
-        """Record a run's start; turn letters a dead run left `sending` into `unknown`.
+        """Record a run's start, after settling what a dead run left `sending` (see
+        `settle`). Call it holding the lock.
 
         This is the first write of a run, so a read-only or full disk fails here, before
         anything is sent.
         """
+        flown = read_journal(self.journal_path)
         try:
-            with _transaction(self._db) as db:
-                db.execute("UPDATE letters SET status = ? WHERE campaign = ? AND status = ?",
-                           (Status.UNKNOWN, campaign, Status.SENDING))
+            with transaction(self._db) as db:
+                settle(db, flown)
                 cursor = db.execute(
                     "INSERT INTO runs (campaign, started, settings, template_sha256) "
                     "VALUES (?, ?, ?, ?)", (campaign, now(), json.dumps(settings),
                                             template_sha256))
         except sqlite3.Error as error:
-            raise _log_error(self.path, error) from None
+            raise log_error(self.path, error) from None
+        # Settled: the journal has said all it can. (Were the process to die before this, the
+        # next run would read it again and find nothing left to settle.)
+        with contextlib.suppress(OSError):  # a stale journal names no `sending` letter
+            self.journal_path.unlink(missing_ok=True)
         assert cursor.lastrowid is not None
         return cursor.lastrowid
 
@@ -225,7 +240,7 @@ class SendLog:
                 raise
             self._db.execute("COMMIT" if keep() else "ROLLBACK")
         except sqlite3.Error as error:
-            raise _log_error(self.path, error) from None
+            raise log_error(self.path, error) from None
         return added
 
     def status(self, campaign: str, email: str) -> Status | None:
@@ -243,25 +258,11 @@ class SendLog:
     def end_run(self, run_id: int, outcome: str, counts: dict[str, int]) -> None:
         """Record how a run ended."""
         try:
-            with _transaction(self._db) as db:
+            with transaction(self._db) as db:
                 db.execute("UPDATE runs SET ended = ?, outcome = ?, counts = ? WHERE id = ?",
                            (now(), outcome, json.dumps(counts), run_id))
         except sqlite3.Error as error:
-            raise _log_error(self.path, error) from None
-
-    def recorder(self, campaign: str, run_id: int) -> Recorder:
-        """The object the sender hands marks and outcomes to, for this run.
-
-        It writes through a connection of its own, in a thread of its own, so that the event
-        loop never waits for a commit's fsync (nor its look-ups behind one).
-        """
-        try:
-            writer = _connect(self.path, self.sync)
-        except sqlite3.Error as error:
-            raise _log_error(self.path, error) from None
-        recorder = Recorder(writer, self.path, campaign, run_id)
-        self._recorders.append(recorder)
-        return recorder
+            raise log_error(self.path, error) from None
 
     # -- review -----------------------------------------------------------------------------
 
@@ -291,168 +292,35 @@ class SendLog:
             yield Entry(row[0], row[1], row[2], Status(row[3]), *row[4:])
 
 
-_MARK = ("UPDATE letters SET status = 'sending', attempts = attempts + 1, "
-         "first_attempt = COALESCE(first_attempt, ?), last_attempt = ?, message_sha256 = ?, "
-         "run_id = ? WHERE campaign = ? AND email = ?")
-_OUTCOME = ("UPDATE letters SET status = ?, reply_code = ?, reply_text = ?, "
-            "attempts = attempts + ?, first_attempt = COALESCE(first_attempt, ?), "
-            "last_attempt = ?, run_id = ? WHERE campaign = ? AND email = ?")
+def settle(db: sqlite3.Connection, flown: Flown | None) -> None:
+    """Settle letters left `sending` (within a transaction): those the run's journal says
+    reached DATA become `unknown` (the server may have them); the others it reserved go back
+    to their state before; with no journal to trust, every one becomes `unknown`."""
+    if flown is not None:
+        db.execute(
+            """WITH j(key, at) AS MATERIALIZED (
+                    SELECT key, strftime(:format, value, 'unixepoch') FROM json_each(:started))
+                UPDATE letters SET (status, prior_status, attempts, first_attempt, last_attempt)
+                    = (SELECT 'unknown', NULL, letters.attempts + 1,
+                              COALESCE(letters.first_attempt, at), at FROM j WHERE key = email)
+                WHERE status = 'sending' AND run_id = :run AND email IN (SELECT key FROM j)""",
+            {"started": json.dumps(flown.started), "run": flown.run_id, "format": STAMP})
+        db.execute("UPDATE letters SET status = prior_status, prior_status = NULL "
+                   "WHERE status = 'sending' AND run_id = ? AND prior_status IS NOT NULL",
+                   (flown.run_id,))
+    db.execute("UPDATE letters SET status = 'unknown', prior_status = NULL "
+               "WHERE status = 'sending'")
 
 
-@dataclass(slots=True)
-class _Batch:
-    """Rows for one commit. Marks are written before outcomes: a letter's outcome always
-    follows its marks, so this order is the order things happened in."""
-
-    marks: list[tuple[Any, ...]] = field(default_factory=list)
-    outcomes: list[tuple[Any, ...]] = field(default_factory=list)
-    waiters: list[asyncio.Future[None]] = field(default_factory=list)
-
-    def __bool__(self) -> bool:
-        return bool(self.marks or self.outcomes)
-
-
-class Recorder:
-    """Group-commits a run's marks and outcomes; `sending` resolves once its mark is durable."""
-
-    # Outcomes need not wait for their own commit: they ride with the next `sending` mark,
-    # or go at most this many seconds later. A run killed in between leaves those letters
-    # `sending` (so `unknown`), never `pending`: it can cost a resend question, not a letter.
-    LINGER = 0.05
-
-    def __init__(self, db: sqlite3.Connection, path: Path, campaign: str, run_id: int) -> None:
-        self._db = db
-        self._path = path
-        self._campaign = campaign
-        self._run_id = run_id
-        self._batch = _Batch()
-        self._flushing: asyncio.Task[None] | None = None
-        self._lingering: asyncio.TimerHandle | None = None
-        self._thread: _WriterThread | None = None
-        # Letters whose `sending` mark already counted one attempt (only those in flight).
-        self._marked: Counter[str] = Counter()
-        self.error: LogError | None = None
-
-    def sending(self, letter: Letter) -> asyncio.Future[None]:
-        """Mark `letter` as being sent; the future resolves once that is on disk."""
-        stamp = now()
-        self._marked[letter.email] += 1
-        self._batch.marks.append((stamp, stamp, letter.sha256, self._run_id, self._campaign,
-                                  letter.email.casefold()))
-        waiter = asyncio.get_running_loop().create_future()
-        self._batch.waiters.append(waiter)
-        self._schedule()
-        return waiter
-
-    def record(self, outcome: Outcome) -> None:
-        """Queue a letter's outcome (written with the next batch; never blocks)."""
-        email = outcome.letter.email
-        uncounted = outcome.attempts - self._marked.pop(email, 0)
-        stamp = now()
-        self._batch.outcomes.append((outcome.status, outcome.code, outcome.reply[:1000],
-                                     uncounted, stamp, stamp, self._run_id, self._campaign,
-                                     email.casefold()))
-        if self._lingering is None and self._flushing is None:
-            self._lingering = asyncio.get_running_loop().call_later(self.LINGER, self._schedule)
-
-    async def flush(self) -> None:
-        """Wait until everything queued so far is written."""
-        while self._flushing is not None or self._batch:
-            if self._flushing is None:
-                self._schedule()
-            assert self._flushing is not None
-            await asyncio.shield(self._flushing)
-        if self.error is not None:
-            raise self.error
-
-    def _schedule(self) -> None:
-        if self._lingering is not None:
-            self._lingering.cancel()
-            self._lingering = None
-        if self._flushing is None and self._batch:
-            self._flushing = asyncio.get_running_loop().create_task(self._flush())
-
-    async def _flush(self) -> None:
-        try:
-            while self._batch:
-                batch, self._batch = self._batch, _Batch()
-                if self._thread is None:
-                    self._thread = _WriterThread(self._db)
-                try:
-                    await self._thread.write(batch)
-                except sqlite3.Error as error:
-                    self.error = _log_error(self._path, error)
-                for waiter in batch.waiters:
-                    if waiter.done():
-                        continue
-                    if self.error is not None:
-                        waiter.set_exception(self.error)
-                    else:
-                        waiter.set_result(None)
-        finally:
-            self._flushing = None
-
-    def close(self) -> None:
-        """Stop the writer thread and close the connection (after `flush`)."""
-        if self._thread is not None:
-            self._thread.stop()
-            self._thread = None
-        self._db.close()
-
-
-class _WriterThread(threading.Thread):
-    """Commits batches one after another; a long-lived thread hands a batch over in a
-    fraction of what `asyncio.to_thread` costs, which matters once per letter."""
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        super().__init__(name="mailer-send-log", daemon=True)
-        self._db = db
-        self._queue: queue.SimpleQueue[
-            tuple[_Batch, asyncio.AbstractEventLoop, asyncio.Future[None]] | None
-        ] = queue.SimpleQueue()
-        self.start()
-
-    def write(self, batch: _Batch) -> asyncio.Future[None]:
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
-        self._queue.put((batch, loop, done))
-        return done
-
-    def stop(self) -> None:
-        self._queue.put(None)
-        self.join()
-
-    def run(self) -> None:
-        while (item := self._queue.get()) is not None:
-            batch, loop, done = item
-            try:
-                with _transaction(self._db) as db:
-                    db.executemany(_MARK, batch.marks)
-                    db.executemany(_OUTCOME, batch.outcomes)
-            except sqlite3.Error as error:
-                loop.call_soon_threadsafe(_settle, done, error)
-            else:
-                loop.call_soon_threadsafe(_settle, done, None)
-
-
-def _settle(done: asyncio.Future[None], error: BaseException | None) -> None:
-    if done.cancelled():
-        return
-    if error is None:
-        done.set_result(None)
-    else:
-        done.set_exception(error)
-
-
-def _connect(path: Path, sync: str) -> sqlite3.Connection:
+def _connect(path: Path) -> sqlite3.Connection:
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     db.execute("PRAGMA busy_timeout = 5000")
-    db.execute(f"PRAGMA synchronous = {'NORMAL' if sync == 'normal' else 'FULL'}")
+    db.execute("PRAGMA synchronous = FULL")
     return db
 
 
 @contextlib.contextmanager
-def _transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+def transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     try:
         db.execute("BEGIN IMMEDIATE")
         yield db
@@ -463,7 +331,7 @@ def _transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         raise
 
 
-def _log_error(path: Path, error: BaseException) -> LogError:
+def log_error(path: Path, error: BaseException) -> LogError:
     text = str(error)
     lowered = text.lower()
     number = getattr(error, "errno", None)

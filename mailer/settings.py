@@ -76,7 +76,6 @@ ENV_KEYS = {
     "timeout": "MAILER_TIMEOUT",
     "max_attempts": "MAILER_MAX_ATTEMPTS",
     "log": "MAILER_LOG",
-    "log_sync": "MAILER_LOG_SYNC",
 }
 
 
@@ -100,7 +99,6 @@ class Settings(BaseModel):
     timeout: float = Field(30.0, gt=0, le=3600)
     max_attempts: int = Field(5, ge=1, le=100)
     log: Path = Path("mailer-log.sqlite3")
-    log_sync: Literal["full", "normal"] = "full"
 
     @field_validator("from_address")
     @classmethod
@@ -119,7 +117,7 @@ class Settings(BaseModel):
             raise ValueError("must not contain control characters")
         return value
 
-    @field_validator("smtp_security", "log_sync", mode="before")
+    @field_validator("smtp_security", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.strip().lower() or None if isinstance(value, str) else value

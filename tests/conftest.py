@@ -16,6 +16,7 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 from mailer.cli import main
 from mailer.message import Letter
 from mailer.outcome import Status
+from mailer.recorder import Recorder
 from mailer.sender import Policy, Sender, SendSummary
 from mailer.sendlog import Entry, SendLog
 from mailer.settings import Rate, Settings
@@ -216,8 +217,12 @@ def send_logged(tmp_path: Path) -> Iterator[Callable[..., LoggedSend]]:
         logs.append(log)
         run_id = log.begin_run("test", settings.public(), "template-hash")
         log.register("test", letters, "template-hash")
-        sender = Sender(settings, log.recorder("test", run_id), policy=policy)
-        return LoggedSend(asyncio.run(sender.run(letters, stop)), log)
+        recorder = Recorder(log, "test", run_id)
+        try:
+            sender = Sender(settings, recorder, policy=policy)
+            return LoggedSend(asyncio.run(sender.run(letters, stop)), log)
+        finally:
+            recorder.close()
 
     yield run
     for log in logs:

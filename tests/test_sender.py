@@ -12,6 +12,7 @@ from conftest import FAST, LoggedSend, Server, make_letters
 
 from mailer.errors import ConfigError, TooManyFailures
 from mailer.outcome import Status
+from mailer.recorder import Recorder
 from mailer.sender import NoLog, Policy, Sender
 from mailer.sendlog import SendLog
 from mailer.sink import Faults, Received
@@ -119,8 +120,8 @@ def test_too_many_failures_in_a_row_pause_the_run(smtp_server: Server,
     assert smtp_server.handler.messages == []
 
 
-def test_the_sending_mark_is_on_disk_before_data(smtp_server: Server, send_logged: Send,
-                                                 tmp_path: Path) -> None:
+def test_a_letter_is_reserved_on_disk_before_its_data(smtp_server: Server, send_logged: Send,
+                                                      tmp_path: Path) -> None:
     seen: list[str] = []
 
     def read_log(message: Received) -> None:
@@ -132,6 +133,20 @@ def test_the_sending_mark_is_on_disk_before_data(smtp_server: Server, send_logge
     smtp_server.handler.on_message = read_log
     send_logged(smtp_server.settings(concurrency=1), make_letters(5))
     assert seen == ["sending"] * 5
+
+
+def test_the_in_flight_journal_names_a_letter_before_its_data(
+        smtp_server: Server, send_logged: Send, tmp_path: Path) -> None:
+    journal = tmp_path / "log.sqlite3.inflight"
+    seen: list[bool] = []
+
+    def read_journal(message: Received) -> None:
+        seen.append(f"\n{message.rcpt_tos[0]} " in journal.read_text(encoding="ascii"))
+
+    smtp_server.handler.on_message = read_journal
+    send_logged(smtp_server.settings(concurrency=1), make_letters(5))
+    assert seen == [True] * 5
+    assert not journal.exists()  # the run ended: its journal has nothing left to say
 
 
 def test_a_stop_finishes_letters_in_flight_and_leaves_the_rest_pending(
@@ -150,7 +165,7 @@ def test_a_stop_finishes_letters_in_flight_and_leaves_the_rest_pending(
                 loop.call_soon_threadsafe(stop.set)
 
         smtp_server.handler.on_message = stop_at_five
-        sender = Sender(smtp_server.settings(concurrency=1), log.recorder("test", run_id),
+        sender = Sender(smtp_server.settings(concurrency=1), Recorder(log, "test", run_id),
                         policy=FAST)
         return (await sender.run(letters, stop)).interrupted
 

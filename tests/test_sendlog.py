@@ -7,15 +7,16 @@ import hashlib
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
 
 import pytest
 from conftest import LoggedSend, Server, make_letters
 
+from mailer import journal
 from mailer.errors import LogError, LogLocked
 from mailer.message import Letter
 from mailer.outcome import Status
-from mailer.sendlog import SendLog
+from mailer.recorder import Recorder
+from mailer.sendlog import _MIGRATIONS, SendLog
 from mailer.sink import Faults
 
 Send = Callable[..., LoggedSend]
@@ -30,15 +31,16 @@ def _query(path: Path, sql: str, *parameters: object) -> list[tuple[object, ...]
         db.close()
 
 
-def test_a_new_log_is_sqlite_in_wal_mode_with_schema_version_1(tmp_path: Path) -> None:
+def test_a_new_log_is_sqlite_in_wal_mode_with_schema_version_2(tmp_path: Path) -> None:
     path = tmp_path / "log.sqlite3"
     SendLog.open(path).close()
     assert _query(path, "PRAGMA journal_mode") == [("wal",)]
-    assert _query(path, "PRAGMA user_version") == [(1,)]
+    assert _query(path, "PRAGMA user_version") == [(2,)]
     columns = [row[1] for row in _query(path, "PRAGMA table_info(letters)")]
     assert columns == ["campaign", "email", "address", "line", "status", "attempts",
                        "first_attempt", "last_attempt", "message_id", "reply_code",
-                       "reply_text", "message_sha256", "template_sha256", "run_id"]
+                       "reply_text", "message_sha256", "template_sha256", "run_id",
+                       "prior_status"]
     columns = [row[1] for row in _query(path, "PRAGMA table_info(runs)")]
     assert columns == ["id", "campaign", "started", "ended", "settings", "template_sha256",
                        "outcome", "counts"]
@@ -79,43 +81,116 @@ def test_a_sent_letter_records_tries_times_message_id_reply_and_hashes(
     assert template_hash == "template-hash"
 
 
-def test_a_letter_left_sending_by_a_dead_run_becomes_unknown_on_the_next_run(
-        tmp_path: Path) -> None:
-    path = tmp_path / "log.sqlite3"
-    letters = make_letters(2)
+def _reserve(path: Path, letters: list[Letter], *, start: int, finish: bool) -> None:
+    """A run that reserves `letters`, takes the first `start` of them to DATA, and then
+    either finishes or dies (its files closed, nothing more written)."""
     log = SendLog.open(path)
+    log.lock()
     run_id = log.begin_run("c", {}, "hash")
     log.register("c", letters, "hash")
-    recorder = log.recorder("c", run_id)
+    recorder = Recorder(log, "c", run_id)
 
-    async def mark() -> None:
-        await recorder.sending(letters[0])
+    async def run() -> None:
+        await recorder.reserve(letters)
+        for letter in letters[:start]:
+            recorder.started(letter)
+        if finish:
+            await recorder.finish()
 
-    asyncio.run(mark())
-    log.close()  # the process dies here: no outcome is ever recorded
+    try:
+        asyncio.run(run())
+    finally:
+        recorder.close()
+        log.close()
 
-    assert _query(path, "SELECT status, attempts FROM letters ORDER BY line") == \
-        [("sending", 1), ("pending", 0)]
+
+def _settled(path: Path, letters: list[Letter]) -> list[Status | None]:
+    """The states the next run finds, once it has settled the last one."""
     log = SendLog.open(path)
     try:
         log.begin_run("c", {}, "hash")
-        assert [log.status("c", letter.email) for letter in letters] == \
-            [Status.UNKNOWN, Status.PENDING]
+        return [log.status("c", letter.email) for letter in letters]
     finally:
         log.close()
+
+
+def test_reserved_letters_are_sending_on_disk(tmp_path: Path) -> None:
+    path = tmp_path / "log.sqlite3"
+    _reserve(path, make_letters(3), start=1, finish=False)
+    assert _query(path, "SELECT status, prior_status FROM letters") == [("sending", "pending")] * 3
+
+
+def test_after_a_kill_only_letters_that_reached_data_become_unknown(tmp_path: Path) -> None:
+    path = tmp_path / "log.sqlite3"
+    letters = make_letters(3)
+    _reserve(path, letters, start=1, finish=False)
+    assert _settled(path, letters) == [Status.UNKNOWN, Status.PENDING, Status.PENDING]
+    assert _query(path, "SELECT attempts FROM letters ORDER BY line") == [(1,), (0,), (0,)]
+    assert not (tmp_path / "log.sqlite3.inflight").exists()
+
+
+def test_after_a_restart_every_reserved_letter_becomes_unknown(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "log.sqlite3"
+    letters = make_letters(3)
+    _reserve(path, letters, start=1, finish=False)
+    # The journal was not fsync'd: after the machine restarts it may have lost records.
+    monkeypatch.setattr(journal, "boot_id", lambda: "another-boot")
+    assert _settled(path, letters) == [Status.UNKNOWN] * 3
+
+
+def test_a_journal_with_a_line_that_is_not_a_record_is_not_trusted(tmp_path: Path) -> None:
+    path = tmp_path / "log.sqlite3"
+    letters = make_letters(3)
+    _reserve(path, letters, start=1, finish=False)
+    with (tmp_path / "log.sqlite3.inflight").open("a", encoding="ascii") as journal:
+        journal.write("person2@example.org\n")
+    assert _settled(path, letters) == [Status.UNKNOWN] * 3
+
+
+def test_a_finished_run_gives_unsent_reservations_their_state_back(tmp_path: Path) -> None:
+    path = tmp_path / "log.sqlite3"
+    letters = make_letters(3)
+    log = SendLog.open(path)
+    log.register("c", letters, "hash")
+    log._db.execute("UPDATE letters SET status = 'failed' WHERE email = ?", (letters[2].email,))
+    log.close()
+    _reserve(path, letters, start=1, finish=True)
+    # The letter that went to DATA with no outcome recorded is the only one in doubt.
+    assert _query(path, "SELECT status, prior_status FROM letters ORDER BY line") == \
+        [("unknown", None), ("pending", None), ("failed", None)]
+    assert not (tmp_path / "log.sqlite3.inflight").exists()
+
+
+def test_a_log_of_schema_1_is_migrated_and_its_stale_letters_become_unknown(
+        tmp_path: Path) -> None:
+    path = tmp_path / "log.sqlite3"
+    db = sqlite3.connect(path, isolation_level=None)
+    db.executescript(_MIGRATIONS[1])
+    db.execute("PRAGMA user_version = 1")
+    db.execute("INSERT INTO letters (campaign, email, address, status) VALUES "
+               "('c', 'ada@example.org', 'ada@example.org', 'sending')")
+    db.close()
+    log = SendLog.open(path)
+    try:
+        log.begin_run("c", {}, "hash")
+        assert log.status("c", "ada@example.org") == Status.UNKNOWN
+    finally:
+        log.close()
+    assert _query(path, "PRAGMA user_version") == [(2,)]
 
 
 def test_a_log_written_by_a_newer_mailer_is_refused_untouched(tmp_path: Path) -> None:
     path = tmp_path / "log.sqlite3"
     db = sqlite3.connect(path)
     db.execute("CREATE TABLE future (x)")
-    db.execute("PRAGMA user_version = 2")
+    db.execute("PRAGMA user_version = 3")
     db.commit()
     db.close()
     before = path.read_bytes()
     with pytest.raises(LogError) as caught:
         SendLog.open(path)
-    assert str(caught.value) == (f"{path} was written by a newer mailer (schema 2); upgrade "
+    assert str(caught.value) == (f"{path} was written by a newer mailer (schema 3); upgrade "
                                  "mailer to read it")
     assert path.read_bytes() == before
 
@@ -163,12 +238,11 @@ def test_every_letter_a_run_tried_names_that_run(smtp_server: Server, send_logge
                                        ("person1@example.org", "failed", 1)]
 
 
-@pytest.mark.parametrize(("sync", "pragma"), [("full", 2), ("normal", 1)])
-def test_the_log_syncs_as_configured(tmp_path: Path, sync: Literal["full", "normal"],
-                                     pragma: int) -> None:
-    log = SendLog.open(tmp_path / "log.sqlite3", sync=sync)
-    recorder = log.recorder("c", log.begin_run("c", {}, "hash"))
+def test_every_commit_of_a_run_reaches_the_disk(tmp_path: Path) -> None:
+    log = SendLog.open(tmp_path / "log.sqlite3")
+    recorder = Recorder(log, "c", log.begin_run("c", {}, "hash"))
     try:
-        assert recorder._db.execute("PRAGMA synchronous").fetchone()[0] == pragma
+        assert recorder._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     finally:
+        recorder.close()
         log.close()
