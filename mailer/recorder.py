@@ -39,7 +39,8 @@ _WRITE = """
                strftime(:format, value ->> 6, 'unixepoch') FROM json_each(:rows))
     UPDATE letters SET (prior_status, status, message_sha256, reply_code, reply_text, attempts,
                         first_attempt, last_attempt, run_id) = (
-        SELECT CASE state WHEN 'sending' THEN letters.status END, state, digest,
+        SELECT CASE state WHEN 'sending' THEN letters.status END, state,
+               COALESCE(digest, letters.message_sha256),
                CASE state WHEN 'sending' THEN letters.reply_code ELSE code END,
                CASE state WHEN 'sending' THEN letters.reply_text ELSE reply END,
                letters.attempts + tries, COALESCE(letters.first_attempt, at),
@@ -52,8 +53,7 @@ _WRITE = """
 class _Batch:
     """What one commit writes: a row per letter, its reservation or its outcome (which
     supersedes a reservation not yet written: the row goes straight to its end state).
-    A row is [address, state, the letter's bytes (for its SHA-256), reply code, reply,
-    tries, Unix time]."""
+    A row is [address, state, SHA-256 of the letter, reply code, reply, tries, Unix time]."""
 
     rows: dict[str, list[Any]] = field(default_factory=dict)
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
@@ -96,7 +96,7 @@ class Recorder:
         rows = self._batch.rows
         for letter in letters:
             key = letter.email.casefold()
-            rows[key] = [key, Status.SENDING, letter.data, None, None, 0, None]
+            rows[key] = [key, Status.SENDING, None, None, None, 0, None]
         waiter = asyncio.get_running_loop().create_future()
         self._batch.waiters.append(waiter)
         self._schedule()
@@ -120,7 +120,10 @@ class Recorder:
         letter = outcome.letter
         key = letter.email.casefold()
         self._in_flight.pop(key, None)
-        self._batch.rows[key] = [key, outcome.status, letter.data, outcome.code,
+        # Hashed here, not in the writer: hashlib lets go of the GIL for a letter's size,
+        # and taking it back from the busy event loop costs more than the hash.
+        digest = hashlib.sha256(letter.data).hexdigest()
+        self._batch.rows[key] = [key, outcome.status, digest, outcome.code,
                                  outcome.reply[:1000], outcome.attempts, time.time()]
         if self._flushing is None:
             self._linger()
@@ -219,9 +222,6 @@ class _WriterThread(threading.Thread):
         while (item := self._queue.get()) is not None:
             batch, loop, done = item
             try:  # anything raised goes to the waiting loop; this thread must not die
-                for row in batch.rows.values():
-                    # Hashed here: hashlib lets go of the GIL, the event loop's thread is busy.
-                    row[2] = hashlib.sha256(row[2]).hexdigest()
                 rows = {**self._where, "rows": json.dumps(list(batch.rows.values()))}
                 if batch.settle is None:
                     self._db.execute(_WRITE, rows)  # one statement: its own transaction
