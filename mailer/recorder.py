@@ -15,6 +15,7 @@ import hashlib
 import json
 import queue
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -197,10 +198,20 @@ class Recorder:
 
 class _WriterThread(threading.Thread):
     """Commits batches one after another; a long-lived thread hands a batch over in a
-    fraction of what `asyncio.to_thread` costs."""
+    fraction of what `asyncio.to_thread` costs.
+
+    While it runs, Python's switch interval is cut to half a millisecond: the thread needs
+    the GIL a few times per commit, and with the default 5 ms it waited up to that long for
+    the busy event loop each time, until reservations fell behind the senders (measured at
+    4 connections: 29 waits for a reservation, 0.75 s in all, against 9 and 0.02 s).
+    """
+
+    SWITCH_INTERVAL = 0.0005
 
     def __init__(self, db: sqlite3.Connection, campaign: str, run_id: int) -> None:
         super().__init__(name="mailer-send-log", daemon=True)
+        self._switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(self._switch_interval, self.SWITCH_INTERVAL))
         self._db = db
         self._where = {"campaign": campaign, "run": run_id, "format": STAMP}
         self._queue: queue.SimpleQueue[
@@ -217,6 +228,7 @@ class _WriterThread(threading.Thread):
     def stop(self) -> None:
         self._queue.put(None)
         self.join()
+        sys.setswitchinterval(self._switch_interval)
 
     def run(self) -> None:
         while (item := self._queue.get()) is not None:

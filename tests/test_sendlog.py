@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import sqlite3
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -246,3 +247,25 @@ def test_every_commit_of_a_run_reaches_the_disk(tmp_path: Path) -> None:
     finally:
         recorder.close()
         log.close()
+
+
+def test_a_run_gives_back_the_switch_interval_it_shortened(tmp_path: Path) -> None:
+    before = sys.getswitchinterval()
+    log = SendLog.open(tmp_path / "log.sqlite3")
+    letters = make_letters(2)
+    log.register("c", letters, "hash")
+    recorder = Recorder(log, "c", log.begin_run("c", {}, "hash"))
+    during: list[float] = []
+
+    async def run() -> None:
+        await recorder.reserve(letters)
+        during.append(sys.getswitchinterval())
+        await recorder.finish()
+
+    try:
+        asyncio.run(run())
+    finally:
+        recorder.close()
+        log.close()
+    assert during == [min(before, 0.0005)]
+    assert sys.getswitchinterval() == before
