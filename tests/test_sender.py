@@ -15,6 +15,7 @@ from mailer.outcome import Status
 from mailer.recorder import Recorder
 from mailer.sender import NoLog, Policy, Sender
 from mailer.sendlog import SendLog
+from mailer.settings import Rate
 from mailer.sink import Faults, Received
 
 Send = Callable[..., LoggedSend]
@@ -133,6 +134,24 @@ def test_a_letter_is_reserved_on_disk_before_its_data(smtp_server: Server, send_
     smtp_server.handler.on_message = read_log
     send_logged(smtp_server.settings(concurrency=1), make_letters(5))
     assert seen == ["sending"] * 5
+
+
+def test_a_rate_limited_send_reserves_only_a_few_letters_ahead(
+        smtp_server: Server, send_logged: Send, tmp_path: Path) -> None:
+    # Every reserved letter is `unknown` after a power cut: at 20 letters a second there is
+    # no need to hold more than a couple ahead of the one being sent.
+    reserved: list[int] = []
+
+    def count_reserved(message: Received) -> None:
+        db = sqlite3.connect(tmp_path / "log.sqlite3")
+        reserved.append(db.execute("SELECT COUNT(*) FROM letters WHERE status = 'sending'")
+                        .fetchone()[0])
+        db.close()
+
+    smtp_server.handler.on_message = count_reserved
+    send_logged(smtp_server.settings(concurrency=1, rate=Rate(20)), make_letters(12))
+    assert len(reserved) == 12
+    assert max(reserved) <= 4
 
 
 def test_the_in_flight_journal_names_a_letter_before_its_data(
