@@ -82,9 +82,10 @@ def test_a_sent_letter_records_tries_times_message_id_reply_and_hashes(
     assert template_hash == "template-hash"
 
 
-def _reserve(path: Path, letters: list[Letter], *, start: int, finish: bool) -> None:
-    """A run that reserves `letters`, takes the first `start` of them to DATA, and then
-    either finishes or dies (its files closed, nothing more written)."""
+def _reserve(path: Path, letters: list[Letter], *, start: int, finish: bool,
+             meanwhile: Callable[[], object] = lambda: None) -> None:
+    """A run that reserves `letters`, takes the first `start` of them to DATA (calling
+    `meanwhile` then), and either finishes or dies (its files closed, nothing more written)."""
     log = SendLog.open(path)
     log.lock()
     run_id = log.begin_run("c", {}, "hash")
@@ -95,6 +96,7 @@ def _reserve(path: Path, letters: list[Letter], *, start: int, finish: bool) -> 
         await recorder.reserve(letters)
         for letter in letters[:start]:
             recorder.started(letter)
+        meanwhile()
         if finish:
             await recorder.finish()
 
@@ -251,21 +253,8 @@ def test_every_commit_of_a_run_reaches_the_disk(tmp_path: Path) -> None:
 
 def test_a_run_gives_back_the_switch_interval_it_shortened(tmp_path: Path) -> None:
     before = sys.getswitchinterval()
-    log = SendLog.open(tmp_path / "log.sqlite3")
-    letters = make_letters(2)
-    log.register("c", letters, "hash")
-    recorder = Recorder(log, "c", log.begin_run("c", {}, "hash"))
     during: list[float] = []
-
-    async def run() -> None:
-        await recorder.reserve(letters)
-        during.append(sys.getswitchinterval())
-        await recorder.finish()
-
-    try:
-        asyncio.run(run())
-    finally:
-        recorder.close()
-        log.close()
+    _reserve(tmp_path / "log.sqlite3", make_letters(2), start=0, finish=True,
+             meanwhile=lambda: during.append(sys.getswitchinterval()))
     assert during == [min(before, 0.0005)]
     assert sys.getswitchinterval() == before
