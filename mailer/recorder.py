@@ -25,19 +25,21 @@ from typing import Any
 from .errors import LogError
 from .journal import Flown, Journal
 from .message import Letter
-from .outcome import Outcome, Status
+from .outcome import Outcome
 from .sendlog import STAMP, SendLog, log_error, settle, transaction
 
 # One statement per commit, its rows passed as JSON. sqlite3 lets go of the GIL around each
 # statement it runs, and each time it takes it back it may wait for the busy event loop:
 # `executemany`, a statement per row, measured a dozen context switches per letter.
-# A row is a reservation (state `sending`: the row keeps the state it had, as prior_status,
-# and its last reply) or an outcome. The look-ups go by PRIMARY KEY (SQLite plans
+# A letter is reserved (state `sending`: the row keeps the state it had, as prior_status,
+# and its last reply) or has an outcome. The look-ups go by PRIMARY KEY (SQLite plans
 # UPDATE ... FROM as a scan of the campaign instead).
 _WRITE = """
     WITH w(key, state, digest, code, reply, tries, at) AS MATERIALIZED (
+        SELECT value, 'sending', NULL, NULL, NULL, 0, NULL FROM json_each(:reserved)
+        UNION ALL
         SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5,
-               strftime(:format, value ->> 6, 'unixepoch') FROM json_each(:rows))
+               strftime(:format, value ->> 6, 'unixepoch') FROM json_each(:outcomes))
     UPDATE letters SET (prior_status, status, message_sha256, reply_code, reply_text, attempts,
                         first_attempt, last_attempt, run_id) = (
         SELECT CASE state WHEN 'sending' THEN letters.status END, state,
@@ -52,17 +54,18 @@ _WRITE = """
 
 @dataclass(slots=True)
 class _Batch:
-    """What one commit writes: a row per letter, its reservation or its outcome (which
-    supersedes a reservation not yet written: the row goes straight to its end state).
-    A row is [address, state, SHA-256 of the letter, reply code, reply, tries, Unix time]."""
+    """What one commit writes: letters to reserve, and outcomes, each [address, state,
+    SHA-256 of the letter, reply code, reply, tries, Unix time]. An outcome supersedes its
+    letter's reservation if that is not written yet: the row goes straight to its end."""
 
-    rows: dict[str, list[Any]] = field(default_factory=dict)
+    reserved: dict[str, None] = field(default_factory=dict)  # an ordered set of addresses
+    outcomes: list[list[Any]] = field(default_factory=list)
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
     # Set on a run's last batch: settle the letters reserved and never sent.
     settle: Flown | None = None
 
     def __bool__(self) -> bool:
-        return bool(self.rows or self.settle)
+        return bool(self.reserved or self.outcomes or self.settle)
 
 
 class Recorder:
@@ -94,10 +97,7 @@ class Recorder:
     def reserve(self, letters: Sequence[Letter]) -> asyncio.Future[None]:
         """Mark these letters `sending`, keeping the state they had; the future resolves
         once that is on disk. None of them may reach DATA before."""
-        rows = self._batch.rows
-        for letter in letters:
-            key = letter.email.casefold()
-            rows[key] = [key, Status.SENDING, None, None, None, 0, None]
+        self._batch.reserved.update((letter.email.casefold(), None) for letter in letters)
         waiter = asyncio.get_running_loop().create_future()
         self._batch.waiters.append(waiter)
         self._schedule()
@@ -121,11 +121,12 @@ class Recorder:
         letter = outcome.letter
         key = letter.email.casefold()
         self._in_flight.pop(key, None)
+        self._batch.reserved.pop(key, None)
         # Hashed here, not in the writer: hashlib lets go of the GIL for a letter's size,
         # and taking it back from the busy event loop costs more than the hash.
         digest = hashlib.sha256(letter.data).hexdigest()
-        self._batch.rows[key] = [key, outcome.status, digest, outcome.code,
-                                 outcome.reply[:1000], outcome.attempts, time.time()]
+        self._batch.outcomes.append([key, outcome.status, digest, outcome.code,
+                                     outcome.reply[:1000], outcome.attempts, time.time()])
         if self._flushing is None:
             self._linger()
 
@@ -234,7 +235,8 @@ class _WriterThread(threading.Thread):
         while (item := self._queue.get()) is not None:
             batch, loop, done = item
             try:  # anything raised goes to the waiting loop; this thread must not die
-                rows = {**self._where, "rows": json.dumps(list(batch.rows.values()))}
+                rows = {**self._where, "reserved": json.dumps(list(batch.reserved)),
+                        "outcomes": json.dumps(batch.outcomes)}
                 if batch.settle is None:
                     self._db.execute(_WRITE, rows)  # one statement: its own transaction
                 else:
