@@ -173,21 +173,21 @@ class Sender:
                 batch.append(letter)
             while held and (held[0][0] <= time.monotonic()
                             or len(held) >= self.policy.held_back):
-                await self._queue(batch, queue)  # not to wait behind the sleep
+                await self._enqueue(batch, queue)  # not to wait behind the sleep
                 await asyncio.sleep(max(0.0, held[0][0] - time.monotonic()))
                 batch.append(heapq.heappop(held)[2])
             # Half a queue per reservation (one commit), unless a worker may be idle.
             if len(batch) >= queue.maxsize // 2 or queue.qsize() < workers:
-                await self._queue(batch, queue)
+                await self._enqueue(batch, queue)
             await asyncio.sleep(0)  # rendering is CPU work: let the workers run between letters
-        await self._queue(batch, queue)
+        await self._enqueue(batch, queue)
         while held:
             await asyncio.sleep(max(0.0, held[0][0] - time.monotonic()))
-            await self._queue([heapq.heappop(held)[2]], queue)
+            await self._enqueue([heapq.heappop(held)[2]], queue)
         for _ in range(workers):
             await queue.put(None)
 
-    async def _queue(self, batch: list[Letter], queue: _Queue) -> None:
+    async def _enqueue(self, batch: list[Letter], queue: _Queue) -> None:
         """Reserve `batch` (empties it) and queue its letters, which wait for the
         reservation to be on disk only when they reach DATA."""
         if not batch:
