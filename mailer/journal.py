@@ -13,6 +13,7 @@ letter becomes ``unknown``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from dataclasses import dataclass
@@ -51,17 +52,24 @@ class Journal:
             os.close(self._fd)
             raise
 
-    def started(self, email: str, when: float) -> None:
-        """Record that `email`'s letter goes to DATA at `when` (Unix time; raises OSError if
-        it cannot)."""
+    def started(self, key: str, when: float) -> None:
+        """Record that the letter to `key` (its casefolded address) goes to DATA at `when`
+        (Unix time; raises OSError if it cannot)."""
         # Addresses are validated ASCII without spaces or line breaks: one record per line.
-        os.write(self._fd, f"{email.casefold()} {when:.3f}\n".encode("ascii"))
+        os.write(self._fd, f"{key} {when:.3f}\n".encode("ascii"))
 
     def close(self) -> None:
         """Close the file (it stays on disk until the log settles the run)."""
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+def discard_journal(path: Path) -> None:
+    """Remove a journal once its run is settled (one left behind is harmless: it names no
+    letter still `sending`)."""
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)
 
 
 def read_journal(path: Path) -> Flown | None:

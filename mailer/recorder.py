@@ -10,7 +10,6 @@ arrives while one commit runs goes into the next.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import queue
@@ -23,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import LogError
-from .journal import Flown, Journal
+from .journal import Flown, Journal, discard_journal
 from .message import Letter
 from .outcome import Outcome
 from .sendlog import STAMP, SendLog, log_error, settle, transaction
@@ -148,8 +147,7 @@ class Recorder:
             await self.flush()
         finally:
             self.close()
-        with contextlib.suppress(OSError):  # a stale journal names no `sending` letter
-            self._journal.path.unlink()
+        discard_journal(self._journal.path)
 
     def close(self) -> None:
         """Stop the writer thread and close the files (what is not written stays unsent:

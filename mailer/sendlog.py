@@ -24,7 +24,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from .errors import LogError, LogLocked
-from .journal import Flown, read_journal
+from .journal import Flown, discard_journal, read_journal
 from .message import Letter
 from .outcome import Status
 
@@ -213,8 +213,7 @@ class SendLog:
             raise log_error(self.path, error) from None
         # Settled: the journal has said all it can. (Were the process to die before this, the
         # next run would read it again and find nothing left to settle.)
-        with contextlib.suppress(OSError):  # a stale journal names no `sending` letter
-            self.journal_path.unlink(missing_ok=True)
+        discard_journal(self.journal_path)
         assert cursor.lastrowid is not None
         return cursor.lastrowid
 
@@ -297,6 +296,12 @@ def settle(db: sqlite3.Connection, flown: Flown | None) -> None:
     reached DATA become `unknown` (the server may have them); the others it reserved go back
     to their state before; with no journal to trust, every one becomes `unknown`."""
     if flown is not None:
+        # The journal names every letter the run took to DATA, a whole campaign's worth after
+        # a long run; only the few still reserved need looking at.
+        reserved = db.execute("SELECT email FROM letters WHERE status = 'sending' AND run_id = ?",
+                              (flown.run_id,))
+        started = {email: flown.started[email] for (email,) in reserved
+                   if email in flown.started}
         db.execute(
             """WITH j(key, at) AS MATERIALIZED (
                     SELECT key, strftime(:format, value, 'unixepoch') FROM json_each(:started))
@@ -304,7 +309,7 @@ def settle(db: sqlite3.Connection, flown: Flown | None) -> None:
                     = (SELECT 'unknown', NULL, letters.attempts + 1,
                               COALESCE(letters.first_attempt, at), at FROM j WHERE key = email)
                 WHERE status = 'sending' AND run_id = :run AND email IN (SELECT key FROM j)""",
-            {"started": json.dumps(flown.started), "run": flown.run_id, "format": STAMP})
+            {"started": json.dumps(started), "run": flown.run_id, "format": STAMP})
         db.execute("UPDATE letters SET status = prior_status, prior_status = NULL "
                    "WHERE status = 'sending' AND run_id = ? AND prior_status IS NOT NULL",
                    (flown.run_id,))
