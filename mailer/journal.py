@@ -16,8 +16,8 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 _HEADER = "mailer in-flight journal 1"
 _HEADER_LINE = re.compile(rf"{_HEADER} run=(?P<run>[0-9]+) boot=(?P<boot>\S+)")
@@ -32,8 +32,7 @@ def boot_id() -> str | None:
         return None
 
 
-@dataclass(frozen=True, slots=True)
-class Flown:
+class Flown(NamedTuple):
     """What a run's journal says: its run, and each address it started DATA for, with when."""
 
     run_id: int

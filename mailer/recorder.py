@@ -2,69 +2,59 @@
 
 The sender reserves letters as it queues them, a batch at a time, so one fsync covers a batch
 and is long done when the letter's turn comes; just before DATA it notes the letter in the
-in-flight journal (journal.py), a write without fsync. Everything else is written by one
-thread with a connection of its own, so the event loop never waits on a commit, and all that
-arrives while one commit runs goes into the next.
+in-flight journal (journal.py), a write without fsync. The commits are made by a writer
+process (logwriter.py), so the event loop never waits on one, and all that arrives while one
+commit runs goes into the next.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import hashlib
-import json
-import queue
+import marshal
+import os
 import sqlite3
+import subprocess
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from . import logwriter
 from .errors import LogError
 from .journal import Flown, Journal, discard_journal
 from .message import Letter
 from .outcome import Outcome
-from .sendlog import STAMP, SendLog, log_error, settle, transaction
-
-# One statement per commit, its rows passed as JSON. sqlite3 lets go of the GIL around each
-# statement it runs, and each time it takes it back it may wait for the busy event loop:
-# `executemany`, a statement per row, measured a dozen context switches per letter.
-# A letter is reserved (state `sending`: the row keeps the state it had, as prior_status,
-# and its last reply) or has an outcome. The look-ups go by PRIMARY KEY (SQLite plans
-# UPDATE ... FROM as a scan of the campaign instead).
-_WRITE = """
-    WITH w(key, state, digest, code, reply, tries, at) AS MATERIALIZED (
-        SELECT value, 'sending', NULL, NULL, NULL, 0, NULL FROM json_each(:reserved)
-        UNION ALL
-        SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5,
-               strftime(:format, value ->> 6, 'unixepoch') FROM json_each(:outcomes))
-    UPDATE letters SET (prior_status, status, message_sha256, reply_code, reply_text, attempts,
-                        first_attempt, last_attempt, run_id) = (
-        SELECT CASE state WHEN 'sending' THEN letters.status END, state,
-               COALESCE(digest, letters.message_sha256),
-               CASE state WHEN 'sending' THEN letters.reply_code ELSE code END,
-               CASE state WHEN 'sending' THEN letters.reply_text ELSE reply END,
-               letters.attempts + tries, COALESCE(letters.first_attempt, at),
-               COALESCE(at, letters.last_attempt), :run
-        FROM w WHERE key = letters.email)
-    WHERE campaign = :campaign AND email IN (SELECT key FROM w)"""
+from .sendlog import SendLog, log_error
 
 
 @dataclass(slots=True)
 class _Batch:
-    """What one commit writes: letters to reserve, and outcomes, each [address, state,
-    SHA-256 of the letter, reply code, reply, tries, Unix time]. An outcome supersedes its
-    letter's reservation if that is not written yet: the row goes straight to its end."""
+    """What one commit writes: letters to reserve (as reservation `number`), outcomes, each
+    [address, state, SHA-256 of the letter, reply code, reply, tries, Unix time], and the
+    numbers of earlier reservations whose letters all have their outcome on disk. An
+    outcome supersedes its letter's reservation if that is not written yet."""
 
     reserved: dict[str, None] = field(default_factory=dict)  # an ordered set of addresses
     outcomes: list[list[Any]] = field(default_factory=list)
+    # Not worth a commit of their own: they ride with the next batch.
+    released: list[int] = field(default_factory=list)
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
     # Set on a run's last batch: settle the letters reserved and never sent.
     settle: Flown | None = None
+    number: int = 0
 
     def __bool__(self) -> bool:
         return bool(self.reserved or self.outcomes or self.settle)
+
+    def frame(self) -> bytes:
+        """The batch as logwriter.py reads it (plain str, int and float: what marshal takes)."""
+        return marshal.dumps((self.number, list(self.reserved), self.outcomes, self.released,
+                              None if self.settle is None else tuple(self.settle)))
 
 
 class Recorder:
@@ -77,19 +67,27 @@ class Recorder:
 
     def __init__(self, log: SendLog, campaign: str, run_id: int) -> None:
         self._path = log.path
-        self._campaign = campaign
         self._run_id = run_id
-        self._db = log.connect()
         try:
             self._journal = Journal(log.journal_path, run_id)
         except OSError as error:
-            self._db.close()
             raise log_error(log.journal_path, error) from None
+        try:
+            self._writer = _Writer(log.path, campaign, run_id)
+        except OSError as error:
+            self._journal.close()
+            raise LogError(f"send log {log.path}: cannot start its writer process: {error}"
+                           ) from None
         self._batch = _Batch()
+        # Reservations written, by number, with how many of their letters have no outcome
+        # on disk yet; and each such letter's reservation.
+        self._reservations = 0
+        self._unfinished: dict[int, int] = {}
+        self._reservation_of: dict[str, int] = {}
         self._flushing: asyncio.Task[None] | None = None
         self._lingering: asyncio.TimerHandle | None = None
-        self._thread: _WriterThread | None = None
-        # Letters that went to DATA and have no outcome yet, with when.
+        # Letters that went to DATA and have no outcome on disk yet, with when: at the end,
+        # those whose outcome could not be written are in doubt like those never answered.
         self._in_flight: dict[str, float] = {}
         self.error: LogError | None = None
 
@@ -119,12 +117,11 @@ class Recorder:
         """Queue a letter's outcome (written with the next batch; never blocks)."""
         letter = outcome.letter
         key = letter.email.casefold()
-        self._in_flight.pop(key, None)
         self._batch.reserved.pop(key, None)
         # Hashed here, not in the writer: hashlib lets go of the GIL for a letter's size,
         # and taking it back from the busy event loop costs more than the hash.
         digest = hashlib.sha256(letter.data).hexdigest()
-        self._batch.outcomes.append([key, outcome.status, digest, outcome.code,
+        self._batch.outcomes.append([key, outcome.status.value, digest, outcome.code,
                                      outcome.reply[:1000], outcome.attempts, time.time()])
         if self._flushing is None:
             self._linger()
@@ -150,13 +147,10 @@ class Recorder:
         discard_journal(self._journal.path)
 
     def close(self) -> None:
-        """Stop the writer thread and close the files (what is not written stays unsent:
-        the next run settles it from the journal)."""
-        if self._thread is not None:
-            self._thread.stop()
-            self._thread = None
+        """Stop the writer and close the journal (what is not written stays unsent: the next
+        run settles it from the journal)."""
+        self._writer.stop()
         self._journal.close()
-        self._db.close()
 
     def _linger(self) -> None:
         if self._lingering is None:
@@ -173,12 +167,13 @@ class Recorder:
         try:
             while True:
                 batch, self._batch = self._batch, _Batch()
-                if self._thread is None:
-                    self._thread = _WriterThread(self._db, self._campaign, self._run_id)
+                self._number(batch)
                 try:
-                    await self._thread.write(batch)
+                    await self._writer.write(batch)
                 except Exception as error:
                     self.error = log_error(self._path, error)
+                else:
+                    self._written(batch)
                 for waiter in batch.waiters:
                     if waiter.done():
                         continue
@@ -195,56 +190,100 @@ class Recorder:
                 self._linger()
 
 
-class _WriterThread(threading.Thread):
-    """Commits batches one after another; a long-lived thread hands a batch over in a
-    fraction of what `asyncio.to_thread` costs.
+    def _number(self, batch: _Batch) -> None:
+        if batch.reserved:
+            self._reservations += 1
+            batch.number = self._reservations
+            self._unfinished[batch.number] = len(batch.reserved)
+            self._reservation_of.update(dict.fromkeys(batch.reserved, batch.number))
 
-    While it runs, Python's switch interval is cut to half a millisecond: the thread needs
-    the GIL a few times per commit, and with the default 5 ms it waited up to that long for
-    the busy event loop each time, until reservations fell behind the senders (measured at
-    4 connections: 29 waits for a reservation, 0.75 s in all, against 9 and 0.02 s).
-    """
+    def _written(self, batch: _Batch) -> None:
+        """Its outcomes are on disk: those letters are no longer in flight, and a reservation
+        whose letters all have theirs can go (the log's readers look at every one left)."""
+        for key, *_ in batch.outcomes:
+            self._in_flight.pop(key, None)
+            number = self._reservation_of.pop(key, None)
+            if number is not None:
+                self._unfinished[number] -= 1
+                if not self._unfinished[number]:
+                    del self._unfinished[number]
+                    self._batch.released.append(number)
 
-    SWITCH_INTERVAL = 0.0005
 
-    def __init__(self, db: sqlite3.Connection, campaign: str, run_id: int) -> None:
-        super().__init__(name="mailer-send-log", daemon=True)
-        self._switch_interval = sys.getswitchinterval()
-        sys.setswitchinterval(min(self._switch_interval, self.SWITCH_INTERVAL))
-        self._db = db
-        self._where = {"campaign": campaign, "run": run_id, "format": STAMP}
-        self._queue: queue.SimpleQueue[
-            tuple[_Batch, asyncio.AbstractEventLoop, asyncio.Future[None]] | None
-        ] = queue.SimpleQueue()
-        self.start()
+class _Writer:
+    """The writer process (logwriter.py) and the pipes to it: batches go down as frames,
+    one answer line comes back for each, in order."""
+
+    # How long the writer may take to finish its last commit once told to stop.
+    STOP_TIMEOUT = 10.0
+
+    def __init__(self, path: Path, campaign: str, run_id: int) -> None:
+        # A session of its own: Ctrl-C in the terminal is for the sender, which stops
+        # cleanly and still needs its writer. -I -S: nothing but the standard library.
+        self._process = subprocess.Popen(
+            [sys.executable, "-I", "-S", logwriter.__file__, str(path), campaign, str(run_id),
+             str(os.getpid())],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            start_new_session=True)
+        assert self._process.stdin is not None
+        assert self._process.stdout is not None
+        self._frames = self._process.stdin
+        self._answers = self._process.stdout.fileno()
+        self._received = b""
+        self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def write(self, batch: _Batch) -> asyncio.Future[None]:
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
-        self._queue.put((batch, loop, done))
+        """Send a batch; the future resolves once it is committed (or raises why not)."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+            self._loop.add_reader(self._answers, self._on_answers)
+        done = self._loop.create_future()
+        frame = batch.frame()
+        # A blocking write: one batch is in flight at a time, and the writer reads it whole.
+        self._frames.write(len(frame).to_bytes(4) + frame)
+        self._frames.flush()
+        self._waiting.append(done)
         return done
 
-    def stop(self) -> None:
-        self._queue.put(None)
-        self.join()
-        sys.setswitchinterval(self._switch_interval)
+    def _on_answers(self) -> None:
+        self._take(os.read(self._answers, 1 << 16))
 
-    def run(self) -> None:
-        while (item := self._queue.get()) is not None:
-            batch, loop, done = item
-            try:  # anything raised goes to the waiting loop; this thread must not die
-                rows = {**self._where, "reserved": json.dumps(list(batch.reserved)),
-                        "outcomes": json.dumps(batch.outcomes)}
-                if batch.settle is None:
-                    self._db.execute(_WRITE, rows)  # one statement: its own transaction
-                else:
-                    with transaction(self._db) as db:
-                        db.execute(_WRITE, rows)
-                        settle(db, batch.settle)
-            except Exception as error:
-                loop.call_soon_threadsafe(_resolve, done, error)
-            else:
-                loop.call_soon_threadsafe(_resolve, done, None)
+    def _take(self, data: bytes) -> None:
+        """Resolve the batches `data` answers; at the end of the answers (b""), fail those
+        left unanswered."""
+        if data:
+            *answers, self._received = (self._received + data).split(b"\n")
+            for answer in answers:
+                _resolve(self._waiting.popleft(),
+                         sqlite3.OperationalError(answer[1:].decode()) if answer else None)
+            return
+        self._stop_reading()
+        gone = sqlite3.OperationalError(
+            f"the send log's writer process stopped (exit status {self._process.poll()})")
+        while self._waiting:
+            _resolve(self._waiting.popleft(), gone)
+
+    def _stop_reading(self) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(self._answers)
+        self._loop = None
+
+    def stop(self) -> None:
+        """Let the writer finish the batch it has, end it, and resolve what it answered."""
+        with contextlib.suppress(OSError):  # it is gone already
+            self._frames.close()
+        try:
+            self._process.wait(self.STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        assert self._process.stdout is not None
+        if self._loop is not None and not self._loop.is_closed():
+            self._take(self._process.stdout.read())
+            self._take(b"")
+        self._loop = None
+        self._process.stdout.close()
 
 
 def _resolve(done: asyncio.Future[None], error: BaseException | None) -> None:

@@ -105,6 +105,14 @@ class Policy:
 class Sender:
     """Sends letters through a pool of SMTP connections to the configured server."""
 
+    # Letters are reserved as they are queued, a batch (one commit) at a time, about this
+    # many seconds of sending ahead of the workers: far enough that a batch's commit is long
+    # done when its letters' turn comes, and that commits are few when letters go fast (each
+    # costs CPU the sending needs); near enough that a power cut, after which every reserved
+    # letter is `unknown`, leaves only about this much sending in doubt.
+    AHEAD = 0.1
+    MOST_AHEAD = 256
+
     def __init__(self, settings: Settings, recorder: Recorder, *, policy: Policy | None = None,
                  on_outcome: Callable[[Outcome], None] | None = None) -> None:
         check_security(settings)
@@ -117,6 +125,9 @@ class Sender:
         self._domains = DomainLimits(settings.domain_rates)
         self._context = tls_context(settings)
         self._failures_in_a_row = 0
+        self._started = time.monotonic()
+        # Set whenever a worker takes a letter: there may be room in the queue.
+        self._taken = asyncio.Event()
 
     async def run(self, letters: Iterable[Letter], stop: asyncio.Event | None = None
                   ) -> SendSummary:
@@ -126,8 +137,8 @@ class Sender:
         after recording every letter that was in flight.
         """
         stop = stop or asyncio.Event()
-        started = time.monotonic()
-        queue: _Queue = asyncio.Queue(self._queue_size())
+        self._started = started = time.monotonic()
+        queue: _Queue = asyncio.Queue()
         connections = [Connection(self.settings, self._context)
                        for _ in range(self.settings.concurrency)]
         try:
@@ -148,22 +159,23 @@ class Sender:
         self.summary.interrupted = stop.is_set()
         return self.summary
 
-    def _queue_size(self) -> int:
-        """Room for a batch of reservations on its way while the workers drain the batch
-        before (a commit takes milliseconds). Under a rate limit, no more than about 100 ms
-        of letters: every queued letter is reserved, and after a power cut every reserved
-        letter is `unknown`."""
+    def _ahead(self) -> int:
+        """How many letters to keep queued, so reserved: about AHEAD seconds of sending, at
+        the rate limit or at the pace of the run so far; at least two per connection."""
         concurrency = self.settings.concurrency
-        most = max(32, 4 * concurrency)
         rate = self.settings.rate
         if rate.unlimited:
-            return most
-        return max(2 * concurrency, min(most, math.ceil(rate.per_second / 10)))
+            elapsed = time.monotonic() - self._started
+            per_second = self.summary.total / elapsed if elapsed > 0 else 0.0
+        else:
+            per_second = rate.per_second
+        return max(2 * concurrency, min(self.MOST_AHEAD, math.ceil(per_second * self.AHEAD)))
 
     async def _produce(self, letters: Iterable[Letter], queue: _Queue, workers: int) -> None:
         planner = DomainLimits(self.settings.domain_rates)
         held: list[tuple[float, int, Letter]] = []
         batch: list[Letter] = []
+        ahead = self._ahead()
         for number, letter in enumerate(letters):
             limiter = planner.for_address(letter.email) if planner else None
             delay = limiter.reserve() if limiter else 0.0
@@ -177,8 +189,9 @@ class Sender:
                 await asyncio.sleep(max(0.0, held[0][0] - time.monotonic()))
                 batch.append(heapq.heappop(held)[2])
             # Half a queue per reservation (one commit), unless a worker may be idle.
-            if len(batch) >= queue.maxsize // 2 or queue.qsize() < workers:
+            if len(batch) >= ahead // 2 or queue.qsize() < workers:
                 await self._enqueue(batch, queue)
+                ahead = self._ahead()
             await asyncio.sleep(0)  # rendering is CPU work: let the workers run between letters
         await self._enqueue(batch, queue)
         while held:
@@ -188,17 +201,21 @@ class Sender:
             await queue.put(None)
 
     async def _enqueue(self, batch: list[Letter], queue: _Queue) -> None:
-        """Reserve `batch` (empties it) and queue its letters, which wait for the
-        reservation to be on disk only when they reach DATA."""
+        """Once the queue has room, reserve `batch` (empties it) and queue its letters,
+        which wait for the reservation to be on disk only when they reach DATA."""
         if not batch:
             return
+        ahead = self._ahead()
+        while queue.qsize() and queue.qsize() + len(batch) > ahead:
+            self._taken.clear()
+            await self._taken.wait()
         reserved = self.recorder.reserve(batch)
         # Letters still queued when a run stops never look at their reservation.
         reserved.add_done_callback(_quietly)
         letters = batch.copy()
         batch.clear()
         for letter in letters:
-            await queue.put((letter, reserved))
+            queue.put_nowait((letter, reserved))
 
     async def _grace(self, stop: asyncio.Event, producer: asyncio.Task[None],
                      workers: list[asyncio.Task[None]]) -> None:
@@ -227,6 +244,7 @@ class Sender:
         enforcer = DomainLimits(self.settings.domain_rates)
         while not stop.is_set():
             item = await queue.get()
+            self._taken.set()
             if item is None:
                 return
             letter, reserved = item

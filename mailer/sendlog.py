@@ -1,21 +1,22 @@
 """The send log: a SQLite file that records every recipient's state, durably, across runs.
 
 One row per (campaign, address) and one per run. Before a letter can reach SMTP DATA it is
-reserved: marked ``sending`` (its previous state kept) in a commit that reaches the disk
-(``synchronous=FULL``); its outcome is written afterwards. `Recorder` (recorder.py) does that
-during a run. A run killed at any instant leaves its reserved letters ``sending``; the next
+reserved, in a commit that reaches the disk (``synchronous=FULL``): a row per batch names the
+run and its letters, which are ``sending`` from then until their outcome is written to their
+own row. `Recorder` (recorder.py) does that during a run, through a writer process
+(logwriter.py). A run killed at any instant leaves letters reserved and unfinished; the next
 run settles them with the run's in-flight journal (journal.py): those that may have reached
-the server become ``unknown`` and are not sent blindly again, the rest get their state back.
+the server become ``unknown`` and are not sent blindly again, the rest keep their state.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import os
 import shutil
 import sqlite3
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,11 +25,12 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from .errors import LogError, LogLocked
-from .journal import Flown, discard_journal, read_journal
+from .journal import discard_journal, read_journal
+from .logwriter import UNFINISHED, connect, settle, transaction
 from .message import Letter
 from .outcome import Status
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _MIGRATIONS: dict[int, str] = {
     1: """
     CREATE TABLE letters (
@@ -63,16 +65,24 @@ _MIGRATIONS: dict[int, str] = {
     # The state a reserved (`sending`) letter goes back to if it never reached DATA. The
     # status index cost a third of each letter's write; `mailer log` reads little enough.
     2: "ALTER TABLE letters ADD COLUMN prior_status TEXT; DROP INDEX letters_status",
+    # A reservation is one row per batch, not a write to each letter's row (half of what a
+    # letter cost to log). A letter a schema 2 run left `sending` may have reached the server.
+    3: """
+    CREATE TABLE reservations (
+        run_id INTEGER NOT NULL REFERENCES runs (id),
+        batch INTEGER NOT NULL,
+        emails TEXT NOT NULL,           -- a JSON list of casefolded addresses
+        PRIMARY KEY (run_id, batch)
+    );
+    UPDATE letters SET status = 'unknown' WHERE status = 'sending';
+    ALTER TABLE letters DROP COLUMN prior_status;
+    """,
 }
 
 
 def now() -> str:
     """The current time as stored in the log (UTC, ISO 8601, milliseconds)."""
     return datetime.now(UTC).isoformat(timespec="milliseconds")
-
-
-# `now()`'s format, for SQLite's strftime() (the writer passes Unix times: cheaper to take).
-STAMP = "%Y-%m-%dT%H:%M:%f+00:00"
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +141,7 @@ class SendLog:
         db: sqlite3.Connection | None = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            db = _connect(path)
+            db = connect(path)
             log = cls(path, db)
             log._migrate()
         except LogError:
@@ -165,13 +175,6 @@ class SendLog:
     def journal_path(self) -> Path:
         """Where a run's in-flight journal lives: beside the log."""
         return self.path.with_name(f"{self.path.name}.inflight")
-
-    def connect(self) -> sqlite3.Connection:
-        """Another connection to the log, for a writer thread (usable from any thread)."""
-        try:
-            return _connect(self.path)
-        except sqlite3.Error as error:
-            raise log_error(self.path, error) from None
 
     def lock(self) -> None:
         """Hold the log for one sending process; a second one gets LogLocked."""
@@ -252,7 +255,15 @@ class SendLog:
             "SELECT email, status FROM letters WHERE campaign = ? AND email IN "
             "(SELECT value FROM json_each(?))",
             (campaign, json.dumps([email.casefold() for email in emails])))
-        return {email: Status(status) for email, status in rows}
+        reserved = self._reserved(campaign)
+        return {email: Status.SENDING if email in reserved else Status(status)
+                for email, status in rows}
+
+    def _reserved(self, campaign: str) -> dict[str, Status]:
+        """The letters of `campaign` that a run reserved and has not finished (`sending`),
+        each with the state its row keeps."""
+        return {email: Status(status) for _, name, email, status in self._db.execute(UNFINISHED)
+                if name == campaign}
 
     def end_run(self, run_id: int, outcome: str, counts: dict[str, int]) -> None:
         """Record how a run ended."""
@@ -272,9 +283,11 @@ class SendLog:
 
     def summary(self, campaign: str) -> CampaignSummary:
         """Counts per state and first/last send time of a campaign."""
-        counts = {Status(s): n for s, n in self._db.execute(
+        counts = Counter({Status(s): n for s, n in self._db.execute(
             "SELECT status, COUNT(*) FROM letters WHERE campaign = ? GROUP BY status",
-            (campaign,))}
+            (campaign,))})
+        reserved = Counter(self._reserved(campaign).values())
+        counts = counts - reserved + Counter({Status.SENDING: reserved.total()})
         first, last = self._db.execute(
             "SELECT MIN(last_attempt), MAX(last_attempt) FROM letters "
             "WHERE campaign = ? AND status = ?", (campaign, Status.SENT)).fetchone()
@@ -282,58 +295,17 @@ class SendLog:
 
     def entries(self, campaign: str, statuses: Iterable[Status]) -> Iterator[Entry]:
         """Rows of a campaign in these states, in list order."""
+        wanted = set(statuses)
+        reserved = self._reserved(campaign)
         rows = self._db.execute(
-            "SELECT campaign, address, line, status, attempts, first_attempt, last_attempt, "
-            "message_id, reply_code, reply_text FROM letters WHERE campaign = ? AND status IN "
-            "(SELECT value FROM json_each(?)) ORDER BY line, email",
-            (campaign, json.dumps([str(s) for s in statuses])))
-        for row in rows:
-            yield Entry(row[0], row[1], row[2], Status(row[3]), *row[4:])
-
-
-def settle(db: sqlite3.Connection, flown: Flown | None) -> None:
-    """Settle letters left `sending` (within a transaction): those the run's journal says
-    reached DATA become `unknown` (the server may have them); the others it reserved go back
-    to their state before; with no journal to trust, every one becomes `unknown`."""
-    if flown is not None:
-        # The journal names every letter the run took to DATA, a whole campaign's worth after
-        # a long run; only the few still reserved need looking at.
-        reserved = db.execute("SELECT email FROM letters WHERE status = 'sending' AND run_id = ?",
-                              (flown.run_id,))
-        started = {email: flown.started[email] for (email,) in reserved
-                   if email in flown.started}
-        db.execute(
-            """WITH j(key, at) AS MATERIALIZED (
-                    SELECT key, strftime(:format, value, 'unixepoch') FROM json_each(:started))
-                UPDATE letters SET (status, prior_status, attempts, first_attempt, last_attempt)
-                    = (SELECT 'unknown', NULL, letters.attempts + 1,
-                              COALESCE(letters.first_attempt, at), at FROM j WHERE key = email)
-                WHERE status = 'sending' AND run_id = :run AND email IN (SELECT key FROM j)""",
-            {"started": json.dumps(started), "run": flown.run_id, "format": STAMP})
-        db.execute("UPDATE letters SET status = prior_status, prior_status = NULL "
-                   "WHERE status = 'sending' AND run_id = ? AND prior_status IS NOT NULL",
-                   (flown.run_id,))
-    db.execute("UPDATE letters SET status = 'unknown', prior_status = NULL "
-               "WHERE status = 'sending'")
-
-
-def _connect(path: Path) -> sqlite3.Connection:
-    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    db.execute("PRAGMA busy_timeout = 5000")
-    db.execute("PRAGMA synchronous = FULL")
-    return db
-
-
-@contextlib.contextmanager
-def transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    try:
-        db.execute("BEGIN IMMEDIATE")
-        yield db
-        db.execute("COMMIT")
-    except BaseException:
-        if db.in_transaction:
-            db.execute("ROLLBACK")
-        raise
+            "SELECT email, campaign, address, line, status, attempts, first_attempt, "
+            "last_attempt, message_id, reply_code, reply_text FROM letters WHERE campaign = ? "
+            "AND status IN (SELECT value FROM json_each(?)) ORDER BY line, email",
+            (campaign, json.dumps([str(s) for s in wanted | set(reserved.values())])))
+        for email, *row in rows:
+            status = Status.SENDING if email in reserved else Status(row[3])
+            if status in wanted:
+                yield Entry(row[0], row[1], row[2], status, *row[4:])
 
 
 def log_error(path: Path, error: BaseException) -> LogError:

@@ -28,6 +28,8 @@ from pathlib import Path
 import pytest
 from conftest import CampaignFiles, Result, Server
 
+from mailer.outcome import Status
+from mailer.sendlog import SendLog
 from mailer.sink import Received, RecordingHandler
 
 Run = Callable[..., Result]
@@ -68,12 +70,22 @@ def _start_send(root: Path, *extra: str, rate: str = RATE) -> subprocess.Popen[s
 
 
 def _statuses(root: Path) -> dict[str, str]:
-    """address -> status, read straight from the log file."""
+    """address -> status, as `mailer log` reads them (none if a kill came before the log's
+    tables were made)."""
+    if not (root / LOG).exists():
+        return {}
     db = sqlite3.connect(root / LOG)
     try:
-        return dict(db.execute("SELECT email, status FROM letters").fetchall())
+        if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'letters'").fetchone():
+            return {}
     finally:
         db.close()
+    log = SendLog.open(root / LOG, create=False)
+    try:
+        return {entry.address: entry.status for campaign in log.campaigns()
+                for entry in log.entries(campaign, Status)}
+    finally:
+        log.close()
 
 
 def _wait_for(condition: Callable[[], bool], process: subprocess.Popen[str],
@@ -97,7 +109,7 @@ def _invariants_after_a_stop(root: Path, counts: Counter[str], note: str) -> dic
     """What any stopped run must leave: every letter the server has is `sent`, `sending`
     (in flight when the process died) or `unknown` (in flight in an earlier one), and every
     letter the log calls `sent` is on the server. Returns the log's statuses."""
-    statuses = _statuses(root) if (root / LOG).exists() else {}
+    statuses = _statuses(root)
     wrong = {a: statuses.get(a) for a in counts
              if statuses.get(a) not in ("sent", "sending", "unknown")}
     assert wrong == {}, note

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 from conftest import SIMPLE_TEMPLATE, CampaignFiles, Result, Server
 
-from mailer.outcome import Status
 from mailer.sendlog import SendLog
 from mailer.sink import Faults
 
@@ -234,15 +233,17 @@ def test_a_dry_run_with_the_resend_flags_plans_those_letters_too(mixed: Server,
 def test_a_dry_run_leaves_the_log_as_it_was(mixed: Server, run: Run,
                                             files: CampaignFiles) -> None:
     db = sqlite3.connect(files.root / LOG)
-    db.execute("UPDATE letters SET status = ? WHERE address = ?",
-               (Status.SENDING, "fine@example.org"))  # as a killed run leaves it
+    # As a run killed while sending it leaves the deferred letter: reserved, unfinished.
+    run_id = db.execute("INSERT INTO runs (campaign, started, settings) VALUES "
+                        "('letter', '2026-11-25T05:00:00.000+00:00', '{}')").lastrowid
+    db.execute("INSERT INTO reservations VALUES (?, 1, '[\"busy@example.org\"]')", (run_id,))
     db.commit()
     db.close()
     before = (files.root / LOG).read_bytes()
     result = run("send", "--dry-run")
-    assert "  fine@example.org: sending\n" in result.out
+    assert "  busy@example.org: sending\n" in result.out
     assert (files.root / LOG).read_bytes() == before
-    assert _rows(files.root)["fine@example.org"] == ("sending", 1)
+    assert _rows(files.root)["busy@example.org"] == ("deferred", 1)
 
 
 def test_a_dry_run_without_a_log_creates_none(files: CampaignFiles, run: Run) -> None:

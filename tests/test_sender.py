@@ -123,17 +123,16 @@ def test_too_many_failures_in_a_row_pause_the_run(smtp_server: Server,
 
 def test_a_letter_is_reserved_on_disk_before_its_data(smtp_server: Server, send_logged: Send,
                                                       tmp_path: Path) -> None:
-    seen: list[str] = []
+    seen: list[Status | None] = []
 
     def read_log(message: Received) -> None:
-        db = sqlite3.connect(tmp_path / "log.sqlite3")
-        seen.append(db.execute("SELECT status FROM letters WHERE email = ?",
-                               (message.rcpt_tos[0],)).fetchone()[0])
-        db.close()
+        log = SendLog.open(tmp_path / "log.sqlite3", create=False)
+        seen.append(log.status("test", message.rcpt_tos[0]))
+        log.close()
 
     smtp_server.handler.on_message = read_log
     send_logged(smtp_server.settings(concurrency=1), make_letters(5))
-    assert seen == ["sending"] * 5
+    assert seen == [Status.SENDING] * 5
 
 
 def test_a_rate_limited_send_reserves_only_a_few_letters_ahead(
@@ -143,15 +142,30 @@ def test_a_rate_limited_send_reserves_only_a_few_letters_ahead(
     reserved: list[int] = []
 
     def count_reserved(message: Received) -> None:
-        db = sqlite3.connect(tmp_path / "log.sqlite3")
-        reserved.append(db.execute("SELECT COUNT(*) FROM letters WHERE status = 'sending'")
-                        .fetchone()[0])
-        db.close()
+        log = SendLog.open(tmp_path / "log.sqlite3", create=False)
+        reserved.append(log.summary("test").counts.get(Status.SENDING, 0))
+        log.close()
 
     smtp_server.handler.on_message = count_reserved
     send_logged(smtp_server.settings(concurrency=1, rate=Rate(20)), make_letters(12))
     assert len(reserved) == 12
     assert max(reserved) <= 4
+
+
+def test_a_send_keeps_only_the_reservations_of_letters_without_an_outcome(
+        smtp_server: Server, send_logged: Send, tmp_path: Path) -> None:
+    # The log's readers look at every reservation left: they must not pile up over a run.
+    rows: list[int] = []
+
+    def count_reservations(message: Received) -> None:
+        db = sqlite3.connect(tmp_path / "log.sqlite3")
+        rows.append(db.execute("SELECT COUNT(*) FROM reservations").fetchone()[0])
+        db.close()
+
+    smtp_server.handler.on_message = count_reservations
+    send_logged(smtp_server.settings(concurrency=1), make_letters(300))
+    assert len(rows) == 300
+    assert max(rows[100:]) <= 6  # a queue of 32 is reserved as batches of 16 or fewer
 
 
 def test_the_in_flight_journal_names_a_letter_before_its_data(
