@@ -29,7 +29,8 @@ and repeated `--repeat` times:
   then `Sender(settings, NoLog()).run(campaign.letters(campaign.recipients()))`, the same
   letters rendered and sent, nothing recorded;
   both at each `--concurrency` (1, 4, 16) and, with `--uvloop`, on uvloop's loop too. The CPU
-  is the child's process CPU (`time.process_time`, every thread) over the same phase;
+  is the child's process CPU (every thread) over the same phase, plus that of the send log's
+  writer process (mailer/logwriter.py), which ends with the phase;
 * mailmerge `--no-dry-run --no-limit` (one SMTP connection per letter, one at a time) on the
   first min(N, 3000) letters (`--mailmerge-letters`), output to /dev/null; its start-up (the
   same command with `--limit 0`) is measured too and subtracted;
@@ -45,7 +46,7 @@ concurrency (send phase wall and CPU, and prepare + send against log off), again
 
 With `--profile`, it measures nothing but profiles one log-on send (`--profile-concurrency`,
 default 16; `--profile-log off` for the log-off path): py-spy attaches to the child once
-`prepare()` is done and samples every thread (sqlite writes run in `asyncio.to_thread`), then
+`prepare()` is done and samples every thread (not the send log's writer process), then
 it prints the top functions by own time and the share of each part (rendering, aiosmtplib,
 send log/sqlite, asyncio, ...); pyinstrument profiles the send phase in the main thread.
 
@@ -136,9 +137,11 @@ def run_loop(coroutine: Coroutine[Any, Any, T], loop: str) -> T:
 
 
 def cpu_split() -> tuple[float, float]:
-    """User and system CPU seconds of this process so far (all threads)."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime, usage.ru_stime
+    """User and system CPU seconds of this process (all threads) and of its children that
+    have ended (the send log's writer process) so far."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + children.ru_utime, own.ru_stime + children.ru_stime
 
 
 def child_mailer(args: argparse.Namespace) -> dict[str, Any]:
@@ -169,7 +172,7 @@ def child_mailer(args: argparse.Namespace) -> dict[str, Any]:
                  prepare_cpu=time.process_time() - cpu_started)
     profiler = _start_profiler(args)
     user, system = cpu_split()
-    started, cpu_started = time.perf_counter(), time.process_time()
+    started = time.perf_counter()
     summary: SendSummary
     if delivery is not None:
         try:
@@ -179,10 +182,11 @@ def child_mailer(args: argparse.Namespace) -> dict[str, Any]:
     else:
         sender = Sender(settings, NoLog())
         summary = run_loop(sender.run(campaign.letters(campaign.recipients())), args.loop)
-    send_s, send_cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    send_s = time.perf_counter() - started
     user_end, system_end = cpu_split()
     _stop_profiler(profiler, args)
-    found.update(send_s=send_s, send_cpu=send_cpu, user=user_end - user, sys=system_end - system,
+    found.update(send_s=send_s, send_cpu=user_end - user + system_end - system,
+                 user=user_end - user, sys=system_end - system,
                  sent=summary.counts[Status.SENT], total=summary.total,
                  counts={str(k): v for k, v in summary.counts.items()})
     if delivery is not None:
@@ -597,8 +601,8 @@ WAITS = ("select (selectors.py", "_worker (concurrent/futures/thread.py", "epoll
          "wait (threading.py", "_start_profiler (")  # matched anywhere in the leaf frame
 CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
     ("send log (mailer/sendlog.py, recorder.py, journal.py, delivery select, sqlite3)",
-     ("mailer/sendlog.py", "mailer/recorder.py", "mailer/journal.py", "mailer/delivery.py",
-      "sqlite3/", "libsqlite3", "_sqlite3")),
+     ("mailer/sendlog.py", "mailer/recorder.py", "mailer/journal.py", "mailer/logwriter.py",
+      "mailer/delivery.py", "sqlite3/", "libsqlite3", "_sqlite3")),
     ("rendering (template, recipients, message, jinja2, pydantic, csv)",
      ("mailer/template.py", "mailer/message.py", "mailer/recipients.py", "mailer/campaign.py",
       "mailer/addresses.py", "jinja2/", "pydantic", "email_validator/", "idna/", "csv.py")),
@@ -627,7 +631,7 @@ def category(stack: list[str]) -> str:
 
 def summarize_collapsed(path: Path, top: int) -> str:
     """Time per part and own time per function, from py-spy's collapsed (raw) stacks, for
-    the event loop's thread and for the other threads (to_thread's sqlite writes)."""
+    the event loop's thread and for the other threads (aiosmtpd's, a pool's)."""
     own: dict[str, Counter[str]] = {"main": Counter(), "other": Counter()}
     parts: dict[str, Counter[str]] = {"main": Counter(), "other": Counter()}
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():

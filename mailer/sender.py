@@ -1,8 +1,9 @@
 """The sender: letters in, one recorded outcome per letter out.
 
-A producer feeds a bounded queue (so memory stays flat for any list size), holding back
-letters whose domain has its own limit so they do not block the others, and has the recorder
-reserve them a batch at a time on the way in; `concurrency` workers each own one long-lived
+A producer feeds a queue, never more than about a tenth of a second of sending ahead (so
+memory stays flat for any list size), holding back letters whose domain has its own limit so
+they do not block the others, and has the recorder reserve them a batch at a time on the way
+in; `concurrency` workers each own one long-lived
 connection, pace themselves on the shared rate limiter, retry transient failures with
 jittered exponential backoff and hand every outcome to the recorder.
 """
@@ -231,7 +232,7 @@ class Sender:
         finally:
             stopped.cancel()
         # Cancel the producer even when every worker has already stopped: it may be waiting
-        # on a full queue that nobody will read again. Queued letters stay pending.
+        # for room in a queue that nobody will read again. Queued letters stay pending.
         producer.cancel()
         if all(w.done() for w in workers):
             return

@@ -135,10 +135,14 @@ def test_a_letter_is_reserved_on_disk_before_its_data(smtp_server: Server, send_
     assert seen == [Status.SENDING] * 5
 
 
-def test_a_rate_limited_send_reserves_only_a_few_letters_ahead(
-        smtp_server: Server, send_logged: Send, tmp_path: Path) -> None:
-    # Every reserved letter is `unknown` after a power cut: at 20 letters a second there is
-    # no need to hold more than a couple ahead of the one being sent.
+@pytest.mark.parametrize("rate", [
+    pytest.param(Rate(20), id="at 20 letters a second"),
+    pytest.param(Rate(0), id="unlimited, to a server taking 50 ms a letter",
+                 marks=pytest.mark.faults(Faults(slow_mail=0.05, slow_mail_times=1000)))])
+def test_a_send_reserves_only_a_tenth_of_a_second_of_letters_ahead(
+        rate: Rate, smtp_server: Server, send_logged: Send, tmp_path: Path) -> None:
+    # Every reserved letter is `unknown` after a power cut: at 20 letters a second, a tenth
+    # of a second is two letters, and the queue holds at least two per connection.
     reserved: list[int] = []
 
     def count_reserved(message: Received) -> None:
@@ -147,7 +151,7 @@ def test_a_rate_limited_send_reserves_only_a_few_letters_ahead(
         log.close()
 
     smtp_server.handler.on_message = count_reserved
-    send_logged(smtp_server.settings(concurrency=1, rate=Rate(20)), make_letters(12))
+    send_logged(smtp_server.settings(concurrency=1, rate=rate), make_letters(12))
     assert len(reserved) == 12
     assert max(reserved) <= 4
 
