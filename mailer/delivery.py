@@ -161,21 +161,23 @@ class Delivery:
         self._ended = False
 
     def prepare(self) -> Plan:
-        """Lock the log, check every letter, register them all; count what is due."""
+        """Lock the log, check every letter and register them all, counting what is due."""
         self.log.lock()
         campaign = self.campaign
         digest = template_hash(campaign)
         self.run_id = self.log.begin_run(campaign.name, campaign.settings.public(), digest)
         recipients = campaign.recipients()
-        self.log.register(campaign.name, campaign.letters(recipients), digest,
+        # One pass over the list: each letter's state is looked up just before it is
+        # registered (a new one has none, so it is due, as `pending` would be).
+        letters = (letter for letter, _, _ in classify(
+            campaign.letters(recipients), self.log, campaign.name, self.options, self.plan,
+            once_per_address=campaign.allow_duplicates))
+        self.log.register(campaign.name, letters, digest,
                           keep=lambda: recipients.problem_count == 0)
         if recipients.problem_count:
             self._end("refused: the list or template has problems")
             raise InputError(recipients.problems, f"{recipients.rows} recipients, "
                              f"{recipients.problem_count} problems; nothing was sent")
-        for _ in select(campaign.recipients(), self.log, campaign.name, self.options,
-                        self.plan, once_per_address=campaign.allow_duplicates):
-            pass
         self._planned = True
         return self.plan
 

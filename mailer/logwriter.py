@@ -67,7 +67,7 @@ Flown = tuple[int, Mapping[str, float]]
 def connect(path: Path | str) -> sqlite3.Connection:
     """A connection to the log whose every commit reaches the disk (fsync) before it counts,
     so the log survives a power cut too."""
-    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db = sqlite3.connect(path, isolation_level=None)
     db.execute("PRAGMA busy_timeout = 5000")
     db.execute("PRAGMA synchronous = FULL")
     return db

@@ -118,8 +118,7 @@ class Recorder:
         letter = outcome.letter
         key = letter.email.casefold()
         self._batch.reserved.pop(key, None)
-        # Hashed here, not in the writer: hashlib lets go of the GIL for a letter's size,
-        # and taking it back from the busy event loop costs more than the hash.
+        # Hashed here: for the writer to do it the whole letter would go down the pipe.
         digest = hashlib.sha256(letter.data).hexdigest()
         self._batch.outcomes.append([key, outcome.status.value, digest, outcome.code,
                                      outcome.reply[:1000], outcome.attempts, time.time()])
@@ -137,8 +136,9 @@ class Recorder:
             raise self.error
 
     async def finish(self) -> None:
-        """End the run's record: write every outcome, give letters reserved but never sent
-        their state back (those still in flight become `unknown`), remove the journal."""
+        """End the run's record: write every outcome, settle the letters reserved and never
+        finished (those that reached DATA become `unknown`, the others keep their state),
+        remove the journal."""
         self._batch.settle = Flown(self._run_id, dict(self._in_flight))
         try:
             await self.flush()

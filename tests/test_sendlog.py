@@ -169,7 +169,7 @@ def test_a_journal_with_a_line_that_is_not_a_record_is_not_trusted(tmp_path: Pat
     assert _settled(path, letters) == [Status.UNKNOWN] * 3
 
 
-def test_a_finished_run_gives_unsent_reservations_their_state_back(tmp_path: Path) -> None:
+def test_a_finished_run_leaves_unsent_reserved_letters_in_their_state(tmp_path: Path) -> None:
     path = tmp_path / "log.sqlite3"
     letters = make_letters(3)
     log = SendLog.open(path)
