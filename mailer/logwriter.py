@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import json
 import marshal
 import os
 import signal
 import sqlite3
 import sys
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,15 +40,12 @@ from typing import Any
 # more than the letters in flight.
 _RESERVE = "INSERT INTO reservations (run_id, batch, emails) VALUES (?, ?, ?)"
 _RELEASE = "DELETE FROM reservations WHERE run_id = ? AND batch = ?"
-# An outcome row: address, state, SHA-256 of the letter, reply code, reply, tries, Unix time.
-# Times are stored as sendlog.now() writes them (UTC, ISO 8601, milliseconds); the sender
-# passes Unix times, the cheapest to take.
+# An outcome row: address, state, SHA-256 of the letter, reply code, reply, tries, time (as
+# `stamp` writes it; the sender passes Unix times, the cheapest to take).
 _OUTCOME = """
     UPDATE letters SET status = ?2, message_sha256 = ?3, reply_code = ?4, reply_text = ?5,
-        attempts = attempts + ?6,
-        first_attempt = COALESCE(first_attempt,
-                                 strftime('%Y-%m-%dT%H:%M:%f+00:00', ?7, 'unixepoch')),
-        last_attempt = strftime('%Y-%m-%dT%H:%M:%f+00:00', ?7, 'unixepoch'), run_id = ?8
+        attempts = attempts + ?6, first_attempt = COALESCE(first_attempt, ?7),
+        last_attempt = ?7, run_id = ?8
     WHERE campaign = ?9 AND email = ?1"""
 # Letters reserved by a run that has no outcome from it: its run, campaign, address and the
 # state the row keeps. (Only the run that reserved a letter writes its run_id.) CROSS JOIN
@@ -62,6 +61,18 @@ UNFINISHED = """
 # A run and the addresses its in-flight journal names, each with when it went to DATA
 # (journal.Flown).
 Flown = tuple[int, Mapping[str, float]]
+
+
+def stamp(when: float) -> str:
+    """A Unix time as the log stores times: UTC, ISO 8601, milliseconds (as
+    `datetime.isoformat(timespec="milliseconds")` writes it, in a fraction of its time)."""
+    millis = round(when * 1_000_000) // 1000
+    return f"{_second(millis // 1000)}.{millis % 1000:03d}+00:00"
+
+
+@functools.lru_cache(maxsize=1)  # a batch's letters mostly share their second
+def _second(second: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
 
 
 def connect(path: Path | str) -> sqlite3.Connection:
@@ -95,7 +106,8 @@ def write(db: sqlite3.Connection, campaign: str, run_id: int, number: int,
     with transaction(db):
         if reserved:
             db.execute(_RESERVE, (run_id, number, json.dumps(reserved)))
-        db.executemany(_OUTCOME, ((*row, run_id, campaign) for row in outcomes))
+        db.executemany(_OUTCOME, ((*row[:6], stamp(row[6]), run_id, campaign)
+                                  for row in outcomes))
         db.executemany(_RELEASE, ((run_id, batch) for batch in released))
         if flown is not None:
             settle(db, flown)
@@ -109,13 +121,10 @@ def settle(db: sqlite3.Connection, flown: Flown | None) -> None:
     trusted, started = flown if flown is not None else (None, {})
     db.executemany(
         """UPDATE letters SET status = 'unknown', run_id = ?1,
-                attempts = attempts + (?2 IS NOT NULL),
-                last_attempt = COALESCE(strftime('%Y-%m-%dT%H:%M:%f+00:00', ?2, 'unixepoch'),
-                                        last_attempt),
-                first_attempt = COALESCE(first_attempt,
-                                         strftime('%Y-%m-%dT%H:%M:%f+00:00', ?2, 'unixepoch'))
+                attempts = attempts + (?2 IS NOT NULL), last_attempt = COALESCE(?2, last_attempt),
+                first_attempt = COALESCE(first_attempt, ?2)
             WHERE campaign = ?3 AND email = ?4""",
-        [(run_id, started.get(email) if run_id == trusted else None, campaign, email)
+        [(run_id, stamp(started[email]) if run_id == trusted else None, campaign, email)
          for run_id, campaign, email, _ in db.execute(UNFINISHED).fetchall()
          if run_id != trusted or email in started])
     db.execute("DELETE FROM reservations")

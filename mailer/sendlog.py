@@ -16,17 +16,18 @@ import json
 import os
 import shutil
 import sqlite3
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 from filelock import FileLock, Timeout
 
 from .errors import LogError, LogLocked
 from .journal import discard_journal, read_journal
-from .logwriter import UNFINISHED, connect, settle, transaction
+from .logwriter import UNFINISHED, connect, settle, stamp, transaction
 from .message import Letter
 from .outcome import Status
 
@@ -82,7 +83,10 @@ _MIGRATIONS: dict[int, str] = {
 
 def now() -> str:
     """The current time as stored in the log (UTC, ISO 8601, milliseconds)."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
+    return stamp(time.time())
+
+
+_STATUSES = {status.value: status for status in Status}
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,13 +255,22 @@ class SendLog:
 
     def statuses(self, campaign: str, emails: list[str]) -> dict[str, Status]:
         """The states of these recipients, by casefolded address (the unregistered absent)."""
+        # A sender looks up every letter it may send: one look-up per address, in this order.
         rows = self._db.execute(
-            "SELECT email, status FROM letters WHERE campaign = ? AND email IN "
-            "(SELECT value FROM json_each(?))",
-            (campaign, json.dumps([email.casefold() for email in emails])))
-        reserved = self._reserved(campaign)
-        return {email: Status.SENDING if email in reserved else Status(status)
-                for email, status in rows}
+            "SELECT l.email, l.status, l.run_id FROM json_each(?) AS j CROSS JOIN letters AS l "
+            "ON l.campaign = ? AND l.email = j.value",
+            (json.dumps([email.casefold() for email in emails]), campaign))
+        # UNFINISHED's test, in Python: reserved by a run, with no outcome from that run.
+        reserved = self._reserved_by(campaign)
+        return {email: Status.SENDING if reserved.get(email, run_id) != run_id
+                else _STATUSES[status] for email, status, run_id in rows}
+
+    def _reserved_by(self, campaign: str) -> dict[str, int]:
+        """Every address of `campaign` in a reservation, with the run that made it."""
+        rows = self._db.execute(
+            "SELECT r.run_id, r.emails FROM reservations AS r JOIN runs ON runs.id = r.run_id "
+            "WHERE runs.campaign = ?", (campaign,))
+        return {email: run_id for run_id, emails in rows for email in json.loads(emails)}
 
     def _reserved(self, campaign: str) -> dict[str, Status]:
         """The letters of `campaign` that a run reserved and has not finished (`sending`),

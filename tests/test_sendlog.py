@@ -11,10 +11,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from conftest import LoggedSend, Server, make_letters
+from hypothesis import given
+from hypothesis import strategies as st
 
 from mailer import journal, logwriter
 from mailer.errors import LogError, LogLocked
@@ -50,6 +53,13 @@ def test_a_new_log_is_sqlite_in_wal_mode_with_schema_version_3(tmp_path: Path) -
                        "outcome", "counts"]
     columns = [row[1] for row in _query(path, "PRAGMA table_info(reservations)")]
     assert columns == ["run_id", "batch", "emails"]
+
+
+@given(st.integers(min_value=0, max_value=4_102_444_800 * 10**6))  # to 2100, in µs
+def test_times_are_stored_as_datetime_writes_them(microseconds: int) -> None:
+    when = microseconds / 10**6
+    assert logwriter.stamp(when) == \
+        datetime.fromtimestamp(when, UTC).isoformat(timespec="milliseconds")
 
 
 def test_a_recipient_has_one_row_per_campaign_whatever_the_case(tmp_path: Path) -> None:
