@@ -3,9 +3,9 @@
 A producer feeds a queue, never more than about a tenth of a second of sending ahead (so
 memory stays flat for any list size), holding back letters whose domain has its own limit so
 they do not block the others, and has the recorder reserve them a batch at a time on the way
-in; `concurrency` workers each own one long-lived
-connection, pace themselves on the shared rate limiter, retry transient failures with
-jittered exponential backoff and hand every outcome to the recorder.
+in; `concurrency` workers each own one long-lived connection, pace themselves on the shared
+rate limiter, retry transient failures with jittered exponential backoff and hand every
+outcome to the recorder.
 """
 
 from __future__ import annotations
