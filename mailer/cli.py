@@ -273,10 +273,14 @@ def _report(summary: SendSummary) -> int:
     rate = summary.total / summary.elapsed if summary.elapsed > 0 else 0.0
     click.echo(f"{'Stopped' if summary.interrupted else 'Done'}: {counts} in "
                f"{summary.elapsed:.1f}s ({rate:.1f} letters/s).")
+    if summary.unregistered:
+        click.echo(f"Not sent: {summary.unregistered} letter"
+                   f"{'s' * (summary.unregistered != 1)} that the list gained after it was "
+                   "checked; run mailer send again to check and send them.")
     if summary.interrupted:
         click.echo("Run mailer send again to continue where it stopped.")
         return 130
-    return 0 if summary.counts[Status.SENT] == summary.total else 1
+    return 0 if summary.counts[Status.SENT] == summary.total and not summary.unregistered else 1
 
 
 _ATTENTION = (Status.FAILED, Status.DEFERRED, Status.UNKNOWN, Status.SENDING, Status.PENDING)

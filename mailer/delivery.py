@@ -53,6 +53,8 @@ class Plan:
     skipped: Counter[Status] = field(default_factory=Counter)
     # Rows whose address an earlier row already has (--allow-duplicates): one letter each.
     repeated: int = 0
+    # Letters a live run found missing from the log: the list gained them after the check.
+    unregistered: int = 0
 
     def explain(self) -> str:
         """`12 letters to send; skipping 2 already sent, 1 unknown (--resend-unknown ...)`."""
@@ -87,7 +89,7 @@ _T = TypeVar("_T", bound=_Addressed)
 
 
 def classify(items: Iterable[_T], log: SendLog | None, campaign: str, options: SendOptions,
-             plan: Plan, *, once_per_address: bool = False
+             plan: Plan, *, once_per_address: bool = False, registered: bool = False
              ) -> Iterator[tuple[_T, Status | None, bool]]:
     """Each letter (or recipient) with its state in the log and whether it is due now;
     every one is counted into `plan` as it passes.
@@ -95,13 +97,18 @@ def classify(items: Iterable[_T], log: SendLog | None, campaign: str, options: S
     `once_per_address` (for a list that may repeat an address) keeps every address after its
     first due row from being due again: the log has one row, so one letter, per address. (A
     repeat's state cannot be trusted: the first letter may or may not be recorded yet.)
+    `registered` (a live run, after `prepare`) keeps a letter with no row in the log from
+    being due: its outcome would have nowhere to go.
     """
     due_before: set[str] = set()
     for item, status in _with_status(items, log, campaign):
         plan.letters += 1
         due = options.due(status)
         key = item.email.casefold() if once_per_address else ""
-        if not due:
+        if registered and status is None:
+            due = False
+            plan.unregistered += 1
+        elif not due:
             assert status is not None
             plan.skipped[status] += 1
         elif once_per_address and key in due_before:
@@ -139,10 +146,12 @@ def _look_up(chunk: list[_T], log: SendLog | None,
 
 
 def select(items: Iterable[_T], log: SendLog | None, campaign: str, options: SendOptions,
-           plan: Plan, *, once_per_address: bool = False) -> Iterator[_T]:
+           plan: Plan, *, once_per_address: bool = False, registered: bool = False
+           ) -> Iterator[_T]:
     """Only the letters (or recipients) that are due, counted into `plan`."""
     return (item for item, _, due in classify(items, log, campaign, options, plan,
-                                              once_per_address=once_per_address) if due)
+                                              once_per_address=once_per_address,
+                                              registered=registered) if due)
 
 
 class Delivery:
@@ -187,9 +196,11 @@ class Delivery:
         assert self.run_id is not None, "prepare() first"
         stop = stop or asyncio.Event()
         recorder = Recorder(self.log, self.campaign.name, self.run_id)
+        # The list is read again: a row added since prepare() has no row in the log.
+        plan = Plan()
         letters = select(self.campaign.letters(self.campaign.recipients()), self.log,
-                         self.campaign.name, self.options, Plan(),
-                         once_per_address=self.campaign.allow_duplicates)
+                         self.campaign.name, self.options, plan,
+                         once_per_address=self.campaign.allow_duplicates, registered=True)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
@@ -201,6 +212,7 @@ class Delivery:
                             on_outcome=on_outcome)
             counts = sender.summary.counts
             summary = await sender.run(letters, stop)
+            summary.unregistered = plan.unregistered
             outcome = "interrupted" if summary.interrupted else "completed"
             return summary
         finally:

@@ -80,6 +80,8 @@ class SendSummary:
     counts: Counter[Status] = field(default_factory=Counter)
     elapsed: float = 0.0
     interrupted: bool = False
+    # Letters not sent because the list gained them after the run's check (delivery.py).
+    unregistered: int = 0
 
     @property
     def total(self) -> int:

@@ -10,6 +10,9 @@ from pathlib import Path
 import pytest
 from conftest import SIMPLE_TEMPLATE, CampaignFiles, Result, Server
 
+from mailer import sender
+from mailer.campaign import Campaign
+from mailer.delivery import Delivery, Plan, SendOptions
 from mailer.sendlog import SendLog
 from mailer.sink import Faults
 
@@ -252,3 +255,43 @@ def test_a_dry_run_without_a_log_creates_none(files: CampaignFiles, run: Run) ->
     assert "Send log" not in result.out
     assert not (files.root / LOG).exists()
     assert re.search(r"^Dry run: 2 letters written to outbox/", result.out, re.M)
+
+
+def test_a_row_added_to_the_list_after_the_check_waits_for_the_next_run(
+        smtp_server: Server, files: CampaignFiles, run: Run, server_env: Server) -> None:
+    # `mailer send` asks before sending: the list may be edited while it waits.
+    campaign = Campaign(smtp_server.settings(), files.recipients, files.template)
+    delivery = Delivery(campaign, files.root / LOG, SendOptions())
+    try:
+        assert delivery.prepare().due == 2
+        with files.recipients.open("a", encoding="utf-8") as csv:
+            csv.write("late@example.org,Ms,Late Comer,FR\n")
+        summary = sender.run(delivery.send())
+    finally:
+        delivery.close()
+    assert summary.unregistered == 1
+    assert "late@example.org" not in smtp_server.handler.by_recipient()
+    result = run("send", "--yes")
+    assert result.code == 0, result.err
+    assert smtp_server.handler.by_recipient()["late@example.org"] == 1
+    assert _rows(files.root)["late@example.org"] == ("sent", 1)
+
+
+def test_send_says_which_letters_the_list_gained_after_the_check_and_exits_1(
+        server_env: Server, files: CampaignFiles, run: Run,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    prepare = Delivery.prepare
+
+    def prepare_then_edit(delivery: Delivery) -> Plan:
+        plan = prepare(delivery)
+        with files.recipients.open("a", encoding="utf-8") as csv:
+            csv.write("late@example.org,Ms,Late Comer,FR\n")
+        return plan
+
+    monkeypatch.setattr(Delivery, "prepare", prepare_then_edit)
+    result = run("send", "--yes")
+    assert result.code == 1
+    assert result.out.splitlines()[-1] == (
+        "Not sent: 1 letter that the list gained after it was checked; run mailer send again "
+        "to check and send them.")
+    assert "late@example.org" not in server_env.handler.by_recipient()
