@@ -608,7 +608,7 @@ CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
       "mailer/addresses.py", "jinja2/", "pydantic", "email_validator/", "idna/", "csv.py")),
     ("aiosmtplib", ("aiosmtplib/",)),
     ("mailer sender/smtp glue", ("mailer/sender.py", "mailer/smtp.py", "mailer/ratelimit.py")),
-    ("asyncio event loop, futures, to_thread", ("asyncio/", "uvloop/", "threading.py",
+    ("asyncio event loop, futures, threads", ("asyncio/", "uvloop/", "threading.py",
                                                 "concurrent/futures", "selectors.py")),
 ]
 SOCKET = ("_SelectorSocketTransport.write (", "_read_ready__data_received (",

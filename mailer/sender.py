@@ -191,7 +191,8 @@ class Sender:
                 await self._enqueue(batch, queue)  # not to wait behind the sleep
                 await asyncio.sleep(max(0.0, held[0][0] - time.monotonic()))
                 batch.append(heapq.heappop(held)[2])
-            # Half a queue per reservation (one commit), unless a worker may be idle.
+            # Half of what may be queued per reservation (one commit), unless a worker may
+            # be idle.
             if len(batch) >= ahead // 2 or queue.qsize() < workers:
                 await self._enqueue(batch, queue)
                 ahead = self._ahead()
