@@ -169,7 +169,7 @@ def test_a_send_keeps_only_the_reservations_of_letters_without_an_outcome(
     smtp_server.handler.on_message = count_reservations
     send_logged(smtp_server.settings(concurrency=1), make_letters(300))
     assert len(rows) == 300
-    assert max(rows[100:]) <= 6  # a queue of 32 is reserved as batches of 16 or fewer
+    assert max(rows[100:]) <= 6  # what is queued, reserved in halves, and what is in flight
 
 
 def test_the_in_flight_journal_names_a_letter_before_its_data(
