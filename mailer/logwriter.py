@@ -152,17 +152,21 @@ def _read(size: int) -> bytes | None:
 
 def _serve(path: str, campaign: str, run_id: int, parent: int) -> None:
     db: sqlite3.Connection | None = None
-    while (header := _read(4)) is not None and (frame := _read(int.from_bytes(header))):
-        if os.getppid() != parent:
-            return  # the sender is gone: its run is the next run's to settle
-        try:
-            db = db or connect(path)
-            # Frames come only from the sender that started this process, over its pipe.
-            write(db, campaign, run_id, *marshal.loads(frame))  # noqa: S302
-            answer = b"\n"
-        except Exception as error:
-            answer = b"!" + " ".join(str(error).split()).encode(errors="replace") + b"\n"
-        os.write(1, answer)
+    try:
+        while (header := _read(4)) is not None and (frame := _read(int.from_bytes(header))):
+            if os.getppid() != parent:
+                return  # the sender is gone: its run is the next run's to settle
+            try:
+                db = db or connect(path)
+                # Frames come only from the sender that started this process, over its pipe.
+                write(db, campaign, run_id, *marshal.loads(frame))  # noqa: S302
+                answer = b"\n"
+            except Exception as error:
+                answer = b"!" + " ".join(str(error).split()).encode(errors="replace") + b"\n"
+            os.write(1, answer)
+    finally:
+        if db is not None:
+            db.close()
 
 
 def main(argv: Sequence[str]) -> None:
