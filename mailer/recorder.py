@@ -189,8 +189,8 @@ class Recorder:
             if self._batch:
                 self._linger()
 
-
     def _number(self, batch: _Batch) -> None:
+        """Give a batch's reservation its number, and count its letters as unfinished."""
         if batch.reserved:
             self._reservations += 1
             batch.number = self._reservations
