@@ -1,14 +1,14 @@
 """The in-flight journal: which of a run's reserved letters may have reached the server.
 
-The send log reserves letters (marks them ``sending``, on disk) a batch at a time, ahead of
+The send log reserves letters (they are ``sending``, on disk) a batch at a time, ahead of
 sending them, so that one fsync covers many letters. Reservation alone would leave every
 reserved letter ``unknown`` after a crash, sent or not. So just before each DATA the sender
 appends the letter's address to this file, beside the log: one plain write(), no fsync. That
 costs microseconds and survives the process being killed (the kernel has the data), but not
 the machine stopping. The next run therefore trusts the journal only if the machine has not
 restarted since it was written (the same Linux boot id): reserved letters it names become
-``unknown``, the others go back to the state they had. Without that proof every reserved
-letter becomes ``unknown``.
+``unknown``, the others keep the state they had. Without that proof every reserved letter
+becomes ``unknown``.
 """
 
 from __future__ import annotations
