@@ -31,7 +31,7 @@ from .logwriter import UNFINISHED, connect, settle, stamp, transaction
 from .message import Letter
 from .outcome import Status
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _MIGRATIONS: dict[int, str] = {
     1: """
     CREATE TABLE letters (
@@ -78,6 +78,21 @@ _MIGRATIONS: dict[int, str] = {
     );
     UPDATE letters SET status = 'unknown' WHERE status = 'sending';
     ALTER TABLE letters DROP COLUMN prior_status;
+    """,
+    # Rows in list order (a rowid table) instead of address order: a run sends in list order,
+    # so a batch's outcomes land on a few neighbouring pages instead of a page each, which
+    # cut the writer's CPU per letter by two thirds (bench/README.md).
+    4: """
+    CREATE TABLE letters_in_order (
+        campaign TEXT NOT NULL, email TEXT NOT NULL, address TEXT NOT NULL, line INTEGER,
+        status TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, first_attempt TEXT,
+        last_attempt TEXT, message_id TEXT, reply_code INTEGER, reply_text TEXT,
+        message_sha256 TEXT, template_sha256 TEXT, run_id INTEGER
+    );
+    INSERT INTO letters_in_order SELECT * FROM letters ORDER BY campaign, line, email;
+    DROP TABLE letters;
+    ALTER TABLE letters_in_order RENAME TO letters;
+    CREATE UNIQUE INDEX letters_by_address ON letters (campaign, email);
     """,
 }
 

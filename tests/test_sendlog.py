@@ -39,11 +39,11 @@ def _query(path: Path, sql: str, *parameters: object) -> list[tuple[object, ...]
         db.close()
 
 
-def test_a_new_log_is_sqlite_in_wal_mode_with_schema_version_3(tmp_path: Path) -> None:
+def test_a_new_log_is_sqlite_in_wal_mode_with_schema_version_4(tmp_path: Path) -> None:
     path = tmp_path / "log.sqlite3"
     SendLog.open(path).close()
     assert _query(path, "PRAGMA journal_mode") == [("wal",)]
-    assert _query(path, "PRAGMA user_version") == [(3,)]
+    assert _query(path, "PRAGMA user_version") == [(4,)]
     columns = [row[1] for row in _query(path, "PRAGMA table_info(letters)")]
     assert columns == ["campaign", "email", "address", "line", "status", "attempts",
                        "first_attempt", "last_attempt", "message_id", "reply_code",
@@ -201,7 +201,7 @@ def test_reserved_letters_are_looked_up_by_address_not_by_scanning_the_campaign(
     SendLog.open(path).close()
     plan = " / ".join(str(row[3]) for row in
                       _query(path, "EXPLAIN QUERY PLAN " + logwriter.UNFINISHED))
-    assert "SEARCH l USING PRIMARY KEY (campaign=? AND email=?)" in plan, plan
+    assert "SEARCH l USING INDEX letters_by_address (campaign=? AND email=?)" in plan, plan
 
 
 def test_a_letter_whose_outcome_could_not_be_written_ends_unknown(tmp_path: Path) -> None:
@@ -253,7 +253,7 @@ def test_a_log_of_schema_1_is_migrated_and_its_stale_letters_become_unknown(
         assert log.status("c", "ada@example.org") == Status.UNKNOWN
     finally:
         log.close()
-    assert _query(path, "PRAGMA user_version") == [(3,)]
+    assert _query(path, "PRAGMA user_version") == [(4,)]
 
 
 def test_a_log_of_schema_2_is_migrated_and_its_reserved_letters_become_unknown(
@@ -270,20 +270,38 @@ def test_a_log_of_schema_2_is_migrated_and_its_reserved_letters_become_unknown(
     SendLog.open(path).close()
     assert _query(path, "SELECT email, status FROM letters ORDER BY email") == \
         [("ada@example.org", "unknown"), ("bob@example.org", "sent")]
-    assert _query(path, "PRAGMA user_version") == [(3,)]
+    assert _query(path, "PRAGMA user_version") == [(4,)]
+
+
+def test_a_log_of_schema_3_is_migrated_to_keep_its_letters_in_list_order(
+        tmp_path: Path) -> None:
+    # A run sends in list order: rows stored in that order share pages, and so commits.
+    path = tmp_path / "log.sqlite3"
+    db = sqlite3.connect(path, isolation_level=None)
+    db.executescript(";".join(_MIGRATIONS[version] for version in (1, 2, 3)))
+    db.execute("PRAGMA user_version = 3")
+    rows = [("c", "zoe@example.org", "Zoe@example.org", 2, "sent", 1, "t1", "t2", "<1@x>", 250,
+             "2.0.0 OK", "sha-zoe", "sha-t", 1),
+            ("c", "ada@example.org", "ada@example.org", 3, "pending", 0, None, None, "<2@x>",
+             None, None, None, "sha-t", None)]
+    db.executemany("INSERT INTO letters VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    db.close()
+    SendLog.open(path).close()
+    assert _query(path, "SELECT * FROM letters ORDER BY rowid") == rows
+    assert _query(path, "PRAGMA user_version") == [(4,)]
 
 
 def test_a_log_written_by_a_newer_mailer_is_refused_untouched(tmp_path: Path) -> None:
     path = tmp_path / "log.sqlite3"
     db = sqlite3.connect(path)
     db.execute("CREATE TABLE future (x)")
-    db.execute("PRAGMA user_version = 4")
+    db.execute("PRAGMA user_version = 5")
     db.commit()
     db.close()
     before = path.read_bytes()
     with pytest.raises(LogError) as caught:
         SendLog.open(path)
-    assert str(caught.value) == (f"{path} was written by a newer mailer (schema 4); upgrade "
+    assert str(caught.value) == (f"{path} was written by a newer mailer (schema 5); upgrade "
                                  "mailer to read it")
     assert path.read_bytes() == before
 
