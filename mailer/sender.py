@@ -191,12 +191,14 @@ class Sender:
                 await self._enqueue(batch, queue)  # not to wait behind the sleep
                 await asyncio.sleep(max(0.0, held[0][0] - time.monotonic()))
                 batch.append(heapq.heappop(held)[2])
-            # Half of what may be queued per reservation (one commit), unless a worker may
-            # be idle.
-            if len(batch) >= ahead // 2 or queue.qsize() < workers:
+            # Half of what may be queued per reservation (one commit).
+            if len(batch) >= ahead // 2:
                 await self._enqueue(batch, queue)
                 ahead = self._ahead()
-            await asyncio.sleep(0)  # rendering is CPU work: let the workers run between letters
+            # Rendering is CPU work: let the workers run between letters, while they have
+            # letters. Were a worker short of one, letters would go one reservation each.
+            if queue.qsize() >= workers:
+                await asyncio.sleep(0)
         await self._enqueue(batch, queue)
         while held:
             await asyncio.sleep(max(0.0, held[0][0] - time.monotonic()))

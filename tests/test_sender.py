@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
 from conftest import FAST, LoggedSend, Server, make_letters
 
 from mailer.errors import ConfigError, TooManyFailures
+from mailer.message import Letter
 from mailer.outcome import Status
 from mailer.recorder import Recorder
 from mailer.sender import NoLog, Policy, Sender
@@ -154,6 +155,26 @@ def test_a_send_reserves_only_a_tenth_of_a_second_of_letters_ahead(
     send_logged(smtp_server.settings(concurrency=1, rate=rate), make_letters(12))
     assert len(reserved) == 12
     assert max(reserved) <= 4
+
+
+class _CountingReservations(NoLog):
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    def reserve(self, letters: Sequence[Letter]) -> asyncio.Future[None]:
+        self.sizes.append(len(letters))
+        return super().reserve(letters)
+
+
+def test_letters_are_reserved_a_batch_at_a_time_at_16_connections(smtp_server: Server) -> None:
+    # Each reservation is a commit (an fsync). Topping up the queue whenever a worker might
+    # be short of a letter once reserved letters one at a time: 3,000 commits for 10,000.
+    recorder = _CountingReservations()
+    settings = smtp_server.settings(concurrency=16)
+    asyncio.run(Sender(settings, recorder, policy=FAST).run(make_letters(400)))
+    assert sum(recorder.sizes) == 400
+    # Half of what may be queued, two letters per connection, but for the list's end.
+    assert [size for size in recorder.sizes[:-1] if size < 16] == [], recorder.sizes
 
 
 def test_a_send_keeps_only_the_reservations_of_letters_without_an_outcome(
