@@ -22,6 +22,7 @@ from typing import Protocol, TypeVar
 
 from .campaign import Campaign
 from .errors import InputError, LogError
+from .message import Letter
 from .outcome import Outcome, Status
 from .recorder import Recorder
 from .sender import Policy, Sender, SendSummary
@@ -53,8 +54,6 @@ class Plan:
     skipped: Counter[Status] = field(default_factory=Counter)
     # Rows whose address an earlier row already has (--allow-duplicates): one letter each.
     repeated: int = 0
-    # Letters a live run found missing from the log: the list gained them after the check.
-    unregistered: int = 0
 
     def explain(self) -> str:
         """`12 letters to send; skipping 2 already sent, 1 unknown (--resend-unknown ...)`."""
@@ -89,7 +88,7 @@ _T = TypeVar("_T", bound=_Addressed)
 
 
 def classify(items: Iterable[_T], log: SendLog | None, campaign: str, options: SendOptions,
-             plan: Plan, *, once_per_address: bool = False, registered: bool = False
+             plan: Plan, *, once_per_address: bool = False
              ) -> Iterator[tuple[_T, Status | None, bool]]:
     """Each letter (or recipient) with its state in the log and whether it is due now;
     every one is counted into `plan` as it passes.
@@ -97,18 +96,13 @@ def classify(items: Iterable[_T], log: SendLog | None, campaign: str, options: S
     `once_per_address` (for a list that may repeat an address) keeps every address after its
     first due row from being due again: the log has one row, so one letter, per address. (A
     repeat's state cannot be trusted: the first letter may or may not be recorded yet.)
-    `registered` (a live run, after `prepare`) keeps a letter with no row in the log from
-    being due: its outcome would have nowhere to go.
     """
     due_before: set[str] = set()
     for item, status in _with_status(items, log, campaign):
         plan.letters += 1
         due = options.due(status)
         key = item.email.casefold() if once_per_address else ""
-        if registered and status is None:
-            due = False
-            plan.unregistered += 1
-        elif not due:
+        if not due:
             assert status is not None
             plan.skipped[status] += 1
         elif once_per_address and key in due_before:
@@ -145,15 +139,6 @@ def _look_up(chunk: list[_T], log: SendLog | None,
     return ((item, found.get(item.email.casefold())) for item in chunk)
 
 
-def select(items: Iterable[_T], log: SendLog | None, campaign: str, options: SendOptions,
-           plan: Plan, *, once_per_address: bool = False, registered: bool = False
-           ) -> Iterator[_T]:
-    """Only the letters (or recipients) that are due, counted into `plan`."""
-    return (item for item, _, due in classify(items, log, campaign, options, plan,
-                                              once_per_address=once_per_address,
-                                              registered=registered) if due)
-
-
 class Delivery:
     """A live run: `prepare()` checks and plans, `send()` sends, `close()` releases the log."""
 
@@ -166,6 +151,8 @@ class Delivery:
         self.log = SendLog.open(log_path)
         self.run_id: int | None = None
         self.plan = Plan()
+        # Each address prepare() registered, and whether it is due (until it is sent).
+        self._due: dict[str, bool] = {}
         self._planned = False
         self._ended = False
 
@@ -178,7 +165,7 @@ class Delivery:
         recipients = campaign.recipients()
         # One pass over the list: each letter's state is looked up just before it is
         # registered (a new one has none, so it is due, as `pending` would be).
-        letters = (letter for letter, _, _ in classify(
+        letters = self._noted(classify(
             campaign.letters(recipients), self.log, campaign.name, self.options, self.plan,
             once_per_address=campaign.allow_duplicates))
         self.log.register(campaign.name, letters, digest,
@@ -190,17 +177,33 @@ class Delivery:
         self._planned = True
         return self.plan
 
+    def _noted(self, classified: Iterable[tuple[Letter, Status | None, bool]]
+               ) -> Iterator[Letter]:
+        """The letters, each address noted in `_due` on the way."""
+        for letter, _, due in classified:
+            key = letter.email.casefold()
+            self._due[key] = self._due.get(key, False) or due
+            yield letter
+
+    def _due_now(self, letters: Iterable[Letter], summary: SendSummary) -> Iterator[Letter]:
+        """The letters prepare() found due, each address once. One it never saw (the list
+        gained it since) is counted in `summary`, not sent: its outcome would have no row
+        in the log to go to. (The log is locked: nothing else changes what is due.)"""
+        for letter in letters:
+            key = letter.email.casefold()
+            due = self._due.get(key)
+            if due is None:
+                summary.unregistered += 1
+            elif due:
+                self._due[key] = False
+                yield letter
+
     async def send(self, *, on_outcome: Callable[[Outcome], None] | None = None,
                    stop: asyncio.Event | None = None) -> SendSummary:
         """Send the due letters; SIGINT/SIGTERM stop it cleanly (in-flight letters finish)."""
         assert self.run_id is not None, "prepare() first"
         stop = stop or asyncio.Event()
         recorder = Recorder(self.log, self.campaign.name, self.run_id)
-        # The list is read again: a row added since prepare() has no row in the log.
-        plan = Plan()
-        letters = select(self.campaign.letters(self.campaign.recipients()), self.log,
-                         self.campaign.name, self.options, plan,
-                         once_per_address=self.campaign.allow_duplicates, registered=True)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
@@ -211,8 +214,10 @@ class Delivery:
             sender = Sender(self.campaign.settings, recorder, policy=self.policy,
                             on_outcome=on_outcome)
             counts = sender.summary.counts
+            # The list is read again, not held: only the addresses are kept, not the letters.
+            letters = self._due_now(self.campaign.letters(self.campaign.recipients()),
+                                    sender.summary)
             summary = await sender.run(letters, stop)
-            summary.unregistered = plan.unregistered
             outcome = "interrupted" if summary.interrupted else "completed"
             return summary
         finally:
