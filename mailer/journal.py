@@ -3,8 +3,9 @@
 The send log reserves letters (they are ``sending``, on disk) a batch at a time, ahead of
 sending them, so that one fsync covers many letters. Reservation alone would leave every
 reserved letter ``unknown`` after a crash, sent or not. So just before each DATA the sender
-appends the letter's address to this file, beside the log: one plain write(), no fsync. That
-costs microseconds and survives the process being killed (the kernel has the data), but not
+appends the letter's address to this file, beside the log, through a shared memory map: no
+system call, no fsync. That costs about a microsecond (a write() cost about six during a
+send) and survives the process being killed (the kernel's page cache has the data), but not
 the machine stopping. The next run therefore trusts the journal only if the machine has not
 restarted since it was written (the same Linux boot id): reserved letters it names become
 ``unknown``, the others keep the state they had. Without that proof every reserved letter
@@ -14,6 +15,7 @@ becomes ``unknown``.
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import re
 from pathlib import Path
@@ -22,6 +24,8 @@ from typing import NamedTuple
 _HEADER = "mailer in-flight journal 1"
 _HEADER_LINE = re.compile(rf"{_HEADER} run=(?P<run>[0-9]+) boot=(?P<boot>\S+)")
 _BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+# The file grows by at least this much at a time; what is not written yet reads as NUL bytes.
+_GROWTH = 1 << 16
 
 
 def boot_id() -> str | None:
@@ -44,24 +48,47 @@ class Journal:
 
     def __init__(self, path: Path, run_id: int) -> None:
         self.path = path
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            os.write(self._fd, f"{_HEADER} run={run_id} boot={boot_id() or '-'}\n".encode())
+            _allocate(self._fd, 0, _GROWTH)
+            self._map: mmap.mmap | None = mmap.mmap(self._fd, _GROWTH)
         except OSError:
             os.close(self._fd)
             raise
+        header = f"{_HEADER} run={run_id} boot={boot_id() or '-'}\n".encode()
+        self._map[:len(header)] = header
+        self._end = len(header)
 
     def started(self, key: str, when: float) -> None:
         """Record that the letter to `key` (its casefolded address) goes to DATA at `when`
         (Unix time; raises OSError if it cannot)."""
+        assert self._map is not None, "closed"
         # Addresses are validated ASCII without spaces or line breaks: one record per line.
-        os.write(self._fd, f"{key} {when:.3f}\n".encode("ascii"))
+        record = f"{key} {when:.3f}".encode("ascii")
+        end = self._end + len(record)
+        if end >= len(self._map):
+            size = max(2 * len(self._map), end + _GROWTH)
+            _allocate(self._fd, len(self._map), size)
+            self._map.resize(size)
+        self._map[self._end:end] = record
+        # Its line break only once the record is whole: a process killed while copying it
+        # leaves a record without one, which the reader ignores (the letter had not gone).
+        self._map[end] = 0x0A
+        self._end = end + 1
 
     def close(self) -> None:
-        """Close the file (it stays on disk until the log settles the run)."""
-        if self._fd >= 0:
+        """Unmap the file (it stays on disk until the log settles the run)."""
+        if self._map is not None:
+            self._map.close()
+            self._map = None
             os.close(self._fd)
-            self._fd = -1
+
+
+def _allocate(fd: int, start: int, end: int) -> None:
+    """Extend the file to `end` bytes with NULs written, not a hole: a store through the
+    map into a hole the disk has no room for would kill the process (SIGBUS), where this
+    raises OSError."""
+    os.pwrite(fd, bytes(end - start), start)
 
 
 def discard_journal(path: Path) -> None:
@@ -75,14 +102,17 @@ def read_journal(path: Path) -> Flown | None:
     """The journal at `path` if it can be trusted (written since this machine booted);
     None if there is none, or it may have lost records."""
     try:
-        lines = path.read_bytes().decode("ascii").splitlines()
+        # Up to the last line break: after it come unwritten NUL bytes and perhaps a record
+        # its process was killed copying.
+        written = path.read_bytes().rpartition(b"\n")[0]
+        lines = written.decode("ascii").split("\n")
     except (OSError, UnicodeDecodeError):
         return None
     header = _HEADER_LINE.fullmatch(lines[0]) if lines else None
     if header is None or header["boot"] != boot_id():
         return None
-    # write() of one short record is all or nothing when a process dies, so a malformed
-    # line means something else touched the file: trust none of it.
+    # A record is whole once its line break is there, so a malformed line (a NUL byte, say)
+    # means something else touched the file: trust none of it.
     try:
         started = {email: float(when) for email, when in
                    (line.split(" ") for line in lines[1:])}

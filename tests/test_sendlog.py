@@ -170,13 +170,42 @@ def test_after_a_restart_every_reserved_letter_becomes_unknown(
     assert _settled(path, letters) == [Status.UNKNOWN] * 3
 
 
+def _write_after_the_records(journal: Path, data: bytes) -> None:
+    """Write `data` where the journal's next record would go (over its unwritten NULs)."""
+    with journal.open("r+b") as file:
+        file.seek(journal.read_bytes().rindex(b"\n") + 1)
+        file.write(data)
+
+
 def test_a_journal_with_a_line_that_is_not_a_record_is_not_trusted(tmp_path: Path) -> None:
     path = tmp_path / "log.sqlite3"
     letters = make_letters(3)
     _reserve(path, letters, start=1, finish=False)
-    with (tmp_path / "log.sqlite3.inflight").open("a", encoding="ascii") as journal:
-        journal.write("person2@example.org\n")
+    _write_after_the_records(tmp_path / "log.sqlite3.inflight", b"person2@example.org\n")
     assert _settled(path, letters) == [Status.UNKNOWN] * 3
+
+
+def test_a_journal_record_cut_short_by_a_kill_is_ignored_and_the_rest_trusted(
+        tmp_path: Path) -> None:
+    # Killed while copying a record into the map: it has no line break, and its letter
+    # had not gone to DATA.
+    path = tmp_path / "log.sqlite3"
+    letters = make_letters(3)
+    _reserve(path, letters, start=1, finish=False)
+    _write_after_the_records(tmp_path / "log.sqlite3.inflight", b"person1@exam")
+    assert _settled(path, letters) == [Status.UNKNOWN, Status.PENDING, Status.PENDING]
+
+
+def test_a_journal_grows_as_it_needs_and_reads_back_whole(tmp_path: Path) -> None:
+    path = tmp_path / "log.inflight"
+    record = journal.Journal(path, 7)
+    # About 40 bytes a record: several times the first 64 KiB.
+    started = {f"person{n}@example.org": 1_700_000_000 + n / 8 for n in range(5000)}
+    for key, when in started.items():
+        record.started(key, when)
+    record.close()
+    assert path.stat().st_size > 3 * 65536
+    assert journal.read_journal(path) == journal.Flown(7, started)
 
 
 def test_a_finished_run_leaves_unsent_reserved_letters_in_their_state(tmp_path: Path) -> None:
