@@ -4,8 +4,8 @@ The send log reserves letters (they are ``sending``, on disk) a batch at a time,
 sending them, so that one fsync covers many letters. Reservation alone would leave every
 reserved letter ``unknown`` after a crash, sent or not. So just before each DATA the sender
 appends the letter's address to this file, beside the log, through a shared memory map: no
-system call, no fsync. That costs about a microsecond (a write() cost about six during a
-send) and survives the process being killed (the kernel's page cache has the data), but not
+system call, no fsync. That costs about 3 µs a letter during a send (a write() each cost
+6) and survives the process being killed (the kernel's page cache has the data), but not
 the machine stopping. The next run therefore trusts the journal only if the machine has not
 restarted since it was written (the same Linux boot id): reserved letters it names become
 ``unknown``, the others keep the state they had. Without that proof every reserved letter
