@@ -81,7 +81,7 @@ _MIGRATIONS: dict[int, str] = {
     """,
     # Rows in list order (a rowid table) instead of address order: a run sends in list order,
     # so a batch's outcomes land on a few neighbouring pages instead of a page each: in a
-    # 20,000-letter send the writer's CPU per letter went from 29 µs to 17 (bench/README.md).
+    # 20,000-letter send the writer's CPU per letter went from 29 µs to 17.
     4: """
     CREATE TABLE letters_in_order (
         campaign TEXT NOT NULL, email TEXT NOT NULL, address TEXT NOT NULL, line INTEGER,
