@@ -2,7 +2,7 @@
 
 The sender reserves letters as it queues them, a batch at a time, so one fsync covers a batch
 and is long done when the letter's turn comes; just before DATA it notes the letter in the
-in-flight journal (journal.py), a write without fsync. The commits are made by a writer
+in-flight journal (journal.py), a record without fsync. The commits are made by a writer
 process (logwriter.py), so the event loop never waits on one, and all that arrives while one
 commit runs goes into the next.
 """

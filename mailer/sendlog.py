@@ -272,7 +272,7 @@ class SendLog:
 
     def statuses(self, campaign: str, emails: list[str]) -> dict[str, Status]:
         """The states of these recipients, by casefolded address (the unregistered absent)."""
-        # A sender looks up every letter it may send: one look-up per address, in this order.
+        # prepare() and a dry run look up every letter: one look-up per address, in order.
         rows = self._db.execute(
             "SELECT l.email, l.status, l.run_id FROM json_each(?) AS j CROSS JOIN letters AS l "
             "ON l.campaign = ? AND l.email = j.value",
