@@ -58,6 +58,7 @@ class Journal:
         header = f"{_HEADER} run={run_id} boot={boot_id() or '-'}\n".encode()
         self._map[:len(header)] = header
         self._end = len(header)
+        self._run_id = run_id
 
     def started(self, key: str, when: float) -> None:
         """Record that the letter to `key` (its casefolded address) goes to DATA at `when`
@@ -75,6 +76,13 @@ class Journal:
         # leaves a record without one, which the reader ignores (the letter had not gone).
         self._map[end] = 0x0A
         self._end = end + 1
+
+    def flown(self) -> Flown:
+        """What this journal has recorded so far (read back from memory: no disk, no trust
+        to check)."""
+        assert self._map is not None, "closed"
+        lines = self._map[:self._end].decode("ascii").split("\n")[1:-1]
+        return Flown(self._run_id, _records(lines))
 
     def close(self) -> None:
         """Unmap the file (it stays on disk until the log settles the run)."""
@@ -114,8 +122,12 @@ def read_journal(path: Path) -> Flown | None:
     # A record is whole once its line break is there, so a malformed line (a NUL byte, say)
     # means something else touched the file: trust none of it.
     try:
-        started = {email: float(when) for email, when in
-                   (line.split(" ") for line in lines[1:])}
+        return Flown(int(header["run"]), _records(lines[1:]))
     except ValueError:
         return None
-    return Flown(int(header["run"]), started)
+
+
+def _records(lines: list[str]) -> dict[str, float]:
+    """Each address with when it went to DATA (its last time); ValueError if a line is not
+    a record."""
+    return {email: float(when) for email, when in (line.split(" ") for line in lines)}
