@@ -22,16 +22,24 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
-import json
 import marshal
 import os
-import signal
 import sqlite3
 import sys
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from pathlib import Path
-from typing import Any
+
+# Names for annotations only: typing and pathlib (with json, whose text the sender makes,
+# and signal) would add half to the writer's start-up, which the first letter of every run
+# waits for (its reservation is the writer's first commit).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator, Mapping, Sequence
+    from pathlib import Path
+    from typing import Any
+
+    # A run and the addresses its in-flight journal names, each with when it went to DATA
+    # (journal.Flown).
+    Flown = tuple[int, Mapping[str, float]]
 
 # A batch of reserved letters is one row: the run, the batch's number and its addresses as a
 # JSON list. The letters' own rows are written once, with their outcome; until then a
@@ -57,10 +65,6 @@ UNFINISHED = """
         CROSS JOIN json_each(r.emails) AS j
         CROSS JOIN letters AS l ON l.campaign = runs.campaign AND l.email = j.value
     WHERE l.run_id IS NOT r.run_id"""
-
-# A run and the addresses its in-flight journal names, each with when it went to DATA
-# (journal.Flown).
-Flown = tuple[int, Mapping[str, float]]
 
 
 def stamp(when: float) -> str:
@@ -98,14 +102,15 @@ def transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
 
 
 def write(db: sqlite3.Connection, campaign: str, run_id: int, number: int,
-          reserved: Sequence[str], outcomes: Iterable[Sequence[Any]], released: Iterable[int],
+          reserved: str, outcomes: Iterable[Sequence[Any]], released: Iterable[int],
           flown: Flown | None = None) -> None:
-    """Commit one batch of a run: reserve letters (as reservation `number`), record outcomes,
-    release finished reservations, and, at the run's end (`flown` given), settle what it
+    """Commit one batch of a run: reserve letters (as reservation `number`; `reserved` is
+    their addresses as a JSON list, or empty), record outcomes, release finished
+    reservations, and, at the run's end (`flown` given), settle what it
     reserved and never finished."""
     with transaction(db):
         if reserved:
-            db.execute(_RESERVE, (run_id, number, json.dumps(reserved)))
+            db.execute(_RESERVE, (run_id, number, reserved))
         db.executemany(_OUTCOME, ((*row[:6], stamp(row[6]), run_id, campaign)
                                   for row in outcomes))
         db.executemany(_RELEASE, ((run_id, batch) for batch in released))
@@ -134,7 +139,8 @@ def _die_with(parent: int) -> bool:
     """Ask the kernel to kill this process when its parent dies (Linux); whether the parent
     is still there."""
     if sys.platform == "linux":
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        # PR_SET_PDEATHSIG, SIGKILL (9 on every Linux; the signal module would import enum).
+        ctypes.CDLL(None).prctl(1, 9)
     return os.getppid() == parent
 
 
@@ -178,3 +184,5 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1:])
+    # All is on disk and answered, and the sender waits for this exit: skip the tear-down.
+    os._exit(0)

@@ -13,6 +13,7 @@ import asyncio
 import collections
 import contextlib
 import hashlib
+import json
 import marshal
 import os
 import sqlite3
@@ -68,7 +69,8 @@ class _Batch:
     def frame(self) -> bytes:
         """The sealed batch as logwriter.py reads it (plain str, int and float: what marshal
         takes)."""
-        return marshal.dumps((self.number, list(self.reserved), self.rows, self.released,
+        reserved = json.dumps(list(self.reserved)) if self.reserved else ""
+        return marshal.dumps((self.number, reserved, self.rows, self.released,
                               None if self.settle is None else tuple(self.settle)))
 
 
