@@ -43,7 +43,8 @@ It prints a table of medians: tool, concurrency, letters/s [min-max of the runs]
 seconds, client CPU seconds and CPU microseconds per letter, the sink's CPU seconds (when it
 started the sink), and the ratio of the rate to mailmerge's; then the log's cost per
 concurrency (send phase wall and CPU, and prepare + send against log off), against the goal
-(at most 10%). Exit status 0 unless a run fails or sends fewer letters than asked.
+(at most 10%, judged on the median of the back-to-back pairs' ratios). Exit status 0 unless
+a run fails or sends fewer letters than asked.
 
 With `--profile`, it measures nothing but profiles one log-on send (`--profile-concurrency`,
 default 16; `--profile-log off` for the log-off path): py-spy attaches to the child once
@@ -570,7 +571,7 @@ def report(rows: list[Row], mailmerge: Row | None, logs: dict[tuple[str, int], t
                        f"CPU ({row.letters / row.found('prepare_s'):,.0f} letters/s)")
     if logs:
         out.append(f"\nlog cost (log on vs log off, medians; goal: at most {GOAL_LOG_COST:g}% "
-                   "of the send phase):")
+                   "of the send phase, paired):")
         cost_rows = []
         for (loop, concurrency), (on, off) in logs.items():
             if not on.samples or not off.samples:
@@ -587,7 +588,9 @@ def report(rows: list[Row], mailmerge: Row | None, logs: dict[tuple[str, int], t
             added = (on.cpu - off.cpu) / on.letters * 1e6
             whole = ((on.wall + on.found("prepare_s"))
                      / (off.wall + off.found("prepare_s")) - 1) * 100
-            verdict = "met" if max(wall, paired) <= GOAL_LOG_COST else "NOT met"
+            # Judged on the pairs: the medians' ratio also measures how the machine's speed
+            # drifted between the runs that made each median.
+            verdict = "met" if paired <= GOAL_LOG_COST else "NOT met"
             cost_rows.append([loop, str(concurrency), f"{off.rate:,.0f}", f"{on.rate:,.0f}",
                               f"{wall:+.1f}%", f"{paired:+.1f}%", quartiles, f"{cpu:+.1f}%",
                               f"{added:+,.0f}", f"{whole:+.1f}%", verdict])
