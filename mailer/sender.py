@@ -264,14 +264,16 @@ class Sender:
         attempt_number = 0
         while True:
             attempt_number += 1
+            # On disk long ago, unless the queue ran dry. Awaited before the letter takes its
+            # slot of the rate: letters held up by a slow commit would go out in a burst.
+            await reserved
             limiter = domains.for_address(letter.email) if domains else None
             if limiter:
                 await limiter.acquire()
             await self._rate.acquire()
 
-            async def before_data() -> None:
+            def before_data() -> None:
                 nonlocal in_data
-                await reserved  # on disk long ago, unless the queue ran dry
                 self.recorder.started(letter)
                 in_data = True
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiosmtplib
@@ -122,8 +122,8 @@ class Connection:
                 await self._smtp.quit()
         self.close()
 
-    async def send(self, letter: Letter, before_data: Callable[[], Awaitable[None]]) -> Attempt:
-        """One try at one letter. `before_data` runs (and is awaited) just before DATA.
+    async def send(self, letter: Letter, before_data: Callable[[], None]) -> Attempt:
+        """One try at one letter. `before_data` runs just before DATA.
 
         Fatal errors (login, TLS) raise; everything else is classified into an Attempt.
         """
@@ -149,7 +149,7 @@ class Connection:
             if len(refused) == len(letter.envelope):
                 await _reset(smtp)
                 return _reply(refused[0][1].code, refused[0][1].message)
-            await before_data()
+            before_data()
             in_data = True
             response = await smtp.data(letter.data)
         except aiosmtplib.SMTPResponseException as error:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import pytest
 from conftest import LoggedSend, Server, make_letters
 
+from mailer.message import Letter
 from mailer.ratelimit import DomainLimits, RateLimiter
+from mailer.sender import NoLog, Sender
 from mailer.settings import Rate
 
 Send = Callable[..., LoggedSend]
@@ -72,6 +75,24 @@ def test_sending_keeps_to_the_rate(smtp_server: Server, send_logged: Send) -> No
     busiest = max(sum(1 for t in times if start <= t < start + 1.0) for start in times)
     assert 4.7 <= elapsed <= 5.6  # 4.95 s, with scheduling jitter either way
     assert busiest <= 21  # the rate, plus one letter of burst at a window's edge
+
+
+class _SlowCommits(NoLog):
+    """Every reservation is on disk 0.3 s after it is asked for: a busy disk."""
+
+    def reserve(self, letters: Sequence[Letter]) -> asyncio.Future[None]:
+        done = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().call_later(0.3, done.set_result, None)
+        return done
+
+
+def test_letters_held_up_by_a_slow_commit_still_keep_to_the_rate(smtp_server: Server) -> None:
+    settings = smtp_server.settings(rate="20/s", concurrency=4)
+    asyncio.run(Sender(settings, _SlowCommits()).run(make_letters(40)))
+    times = sorted(m.at for m in smtp_server.handler.messages)
+    busiest = max(sum(1 for t in times if start <= t < start + 1.0) for start in times)
+    assert len(times) == 40
+    assert busiest <= 21
 
 
 def test_a_slow_domain_does_not_hold_up_the_others(smtp_server: Server,
