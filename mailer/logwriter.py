@@ -106,8 +106,8 @@ def write(db: sqlite3.Connection, campaign: str, run_id: int, number: int,
           flown: Flown | None = None) -> None:
     """Commit one batch of a run: reserve letters (as reservation `number`; `reserved` is
     their addresses as a JSON list, or empty), record outcomes, release finished
-    reservations, and, at the run's end (`flown` given), settle what it
-    reserved and never finished."""
+    reservations, and, at the run's end (`flown` given), settle what it reserved and never
+    finished."""
     with transaction(db):
         if reserved:
             db.execute(_RESERVE, (run_id, number, reserved))
