@@ -6,13 +6,13 @@ sent, and `letters` yields them for the dry-run outbox or the sender.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import InputError, Problem
 from .message import Letter, LetterBuilder
-from .recipients import RecipientList, read_columns
+from .recipients import Recipient, RecipientList, read_columns
 from .settings import Settings
 from .template import LetterTemplate, RenderError
 
@@ -60,11 +60,14 @@ class Campaign:
                              single_line=self.template.header_variables(),
                              allow_duplicates=self.allow_duplicates)
 
-    def letters(self, recipients: RecipientList, *,
-                redirect_to: str | None = None) -> Iterator[Letter]:
-        """Build a letter per valid row; rows that fail are added to `recipients.problems`."""
+    def letters(self, recipients: RecipientList, *, redirect_to: str | None = None,
+                only: Callable[[Recipient], bool] | None = None) -> Iterator[Letter]:
+        """Build a letter per valid row (of those `only` accepts, when given; the others are
+        not rendered); rows that fail are added to `recipients.problems`."""
         template = str(self.template.path)
         for recipient in recipients:
+            if only is not None and not only(recipient):
+                continue
             try:
                 yield self.builder.build(recipient, redirect_to=redirect_to)
             except RenderError as error:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import signal
 from collections import Counter
@@ -24,6 +25,7 @@ from .campaign import Campaign
 from .errors import InputError, LogError
 from .message import Letter
 from .outcome import Outcome, Status
+from .recipients import Recipient
 from .recorder import Recorder
 from .sender import Policy, Sender, SendSummary
 from .sendlog import SendLog
@@ -185,18 +187,17 @@ class Delivery:
             self._due[key] = self._due.get(key, False) or due
             yield letter
 
-    def _due_now(self, letters: Iterable[Letter], summary: SendSummary) -> Iterator[Letter]:
-        """The letters prepare() found due, each address once. One it never saw (the list
-        gained it since) is counted in `summary`, not sent: its outcome would have no row
-        in the log to go to. (The log is locked: nothing else changes what is due.)"""
-        for letter in letters:
-            key = letter.email.casefold()
-            due = self._due.get(key)
-            if due is None:
-                summary.unregistered += 1
-            elif due:
-                self._due[key] = False
-                yield letter
+    def _due_now(self, recipient: Recipient, summary: SendSummary) -> bool:
+        """Whether prepare() found this recipient due, each address once. One it never saw
+        (the list gained it since) is counted in `summary`, not sent: its outcome would have
+        no row in the log to go to. (The log is locked: nothing else changes what is due.)"""
+        key = recipient.email.casefold()
+        due = self._due.get(key)
+        if due is None:
+            summary.unregistered += 1
+            return False
+        self._due[key] = False
+        return due
 
     async def send(self, *, on_outcome: Callable[[Outcome], None] | None = None,
                    stop: asyncio.Event | None = None) -> SendSummary:
@@ -215,8 +216,10 @@ class Delivery:
                             on_outcome=on_outcome)
             counts = sender.summary.counts
             # The list is read again, not held: only the addresses are kept, not the letters.
-            letters = self._due_now(self.campaign.letters(self.campaign.recipients()),
-                                    sender.summary)
+            # Only the due are rendered again: a resumed run skips the rest unbuilt.
+            letters = self.campaign.letters(
+                self.campaign.recipients(),
+                only=functools.partial(self._due_now, summary=sender.summary))
             summary = await sender.run(letters, stop)
             outcome = "interrupted" if summary.interrupted else "completed"
             return summary

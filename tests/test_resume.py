@@ -13,6 +13,8 @@ from conftest import SIMPLE_TEMPLATE, CampaignFiles, Result, Server
 from mailer import sender
 from mailer.campaign import Campaign
 from mailer.delivery import Delivery, Plan, SendOptions
+from mailer.message import Letter
+from mailer.recipients import Recipient
 from mailer.sendlog import SendLog
 from mailer.sink import Faults
 
@@ -118,6 +120,27 @@ def test_a_rerun_sends_deferred_and_lists_failed_and_unknown(mixed: Server, run:
     assert mixed.handler.by_recipient() == {"busy@example.org": 1, "lost@example.org": 1,
                                             "fine@example.org": 1}
     assert _rows(files.root)["busy@example.org"] == ("sent", 2)
+
+
+def test_a_rerun_renders_only_the_letters_it_sends(mixed: Server, files: CampaignFiles,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    campaign = Campaign(mixed.settings(), files.recipients, files.template)
+    delivery = Delivery(campaign, files.root / LOG, SendOptions())
+    built: list[str] = []
+    build = campaign.builder.build
+
+    def counted(recipient: Recipient, **options: str | None) -> Letter:
+        built.append(recipient.email)
+        return build(recipient, **options)
+
+    try:
+        assert delivery.prepare().due == 1
+        monkeypatch.setattr(campaign.builder, "build", counted)
+        sender.run(delivery.send())
+    finally:
+        delivery.close()
+    assert built == ["busy@example.org"]
+    assert mixed.handler.by_recipient()["busy@example.org"] == 1
 
 
 def test_retry_failed_also_sends_the_failed_letters(mixed: Server, run: Run,
