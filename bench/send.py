@@ -138,18 +138,13 @@ def run_loop(coroutine: Coroutine[Any, Any, T], loop: str) -> T:
     return asyncio.run(coroutine)
 
 
-def cpu_split() -> tuple[float, float]:
+def cpu_split() -> tuple[float, float, float]:
     """User and system CPU seconds of this process (all threads) and of its children that
-    have ended (the send log's writer process) so far."""
+    have ended (the send log's writer process) so far, and the children's part of them."""
     own = resource.getrusage(resource.RUSAGE_SELF)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + children.ru_utime, own.ru_stime + children.ru_stime
-
-
-def _children_cpu() -> float:
-    """CPU seconds of this process's children that have ended: the send log's writer."""
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return children.ru_utime + children.ru_stime
+    return (own.ru_utime + children.ru_utime, own.ru_stime + children.ru_stime,
+            children.ru_utime + children.ru_stime)
 
 
 def child_mailer(args: argparse.Namespace) -> dict[str, Any]:
@@ -179,8 +174,7 @@ def child_mailer(args: argparse.Namespace) -> dict[str, Any]:
     found.update(prepare_s=time.perf_counter() - started,
                  prepare_cpu=time.process_time() - cpu_started)
     profiler = _start_profiler(args)
-    user, system = cpu_split()
-    writer = _children_cpu()
+    user, system, writer = cpu_split()
     started = time.perf_counter()
     summary: SendSummary
     if delivery is not None:
@@ -194,10 +188,10 @@ def child_mailer(args: argparse.Namespace) -> dict[str, Any]:
         summary = run_loop(Sender(settings, NoLog()).run(campaign.letters(campaign.recipients())),
                            args.loop)
     send_s = time.perf_counter() - started
-    user_end, system_end = cpu_split()
+    user_end, system_end, writer_end = cpu_split()
     _stop_profiler(profiler, args)
     found.update(send_s=send_s, send_cpu=user_end - user + system_end - system,
-                 writer_cpu=_children_cpu() - writer,
+                 writer_cpu=writer_end - writer,
                  user=user_end - user, sys=system_end - system,
                  sent=summary.counts[Status.SENT], total=summary.total,
                  counts={str(k): v for k, v in summary.counts.items()})
