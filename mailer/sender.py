@@ -125,6 +125,7 @@ class Sender:
         self.on_outcome = on_outcome
         self.summary = SendSummary()
         self._rate = RateLimiter(settings.rate)
+        # Shared by every connection: a domain's limit is for the run, not per connection.
         self._domains = DomainLimits(settings.domain_rates)
         self._context = tls_context(settings)
         self._failures_in_a_row = 0
@@ -247,17 +248,16 @@ class Sender:
             worker.cancel()
 
     async def _work(self, connection: Connection, queue: _Queue, stop: asyncio.Event) -> None:
-        enforcer = DomainLimits(self.settings.domain_rates)
         while not stop.is_set():
             item = await queue.get()
             self._taken.set()
             if item is None:
                 return
             letter, reserved = item
-            self._finish(await self._deliver(connection, letter, reserved, enforcer))
+            self._finish(await self._deliver(connection, letter, reserved))
 
     async def _deliver(self, connection: Connection, letter: Letter,
-                       reserved: asyncio.Future[None], domains: DomainLimits) -> Outcome:
+                       reserved: asyncio.Future[None]) -> Outcome:
         """Try one letter until it is sent, fails for good, or runs out of tries."""
         deadline = time.monotonic() + self.policy.retry_window
         in_data = False
@@ -267,7 +267,7 @@ class Sender:
             # On disk long ago, unless the queue ran dry. Awaited before the letter takes its
             # slot of the rate: letters held up by a slow commit would go out in a burst.
             await reserved
-            limiter = domains.for_address(letter.email) if domains else None
+            limiter = self._domains.for_address(letter.email) if self._domains else None
             if limiter:
                 await limiter.acquire()
             await self._rate.acquire()

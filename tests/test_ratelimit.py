@@ -13,6 +13,7 @@ from mailer.message import Letter
 from mailer.ratelimit import DomainLimits, RateLimiter
 from mailer.sender import NoLog, Sender
 from mailer.settings import Rate
+from mailer.sink import Faults
 
 Send = Callable[..., LoggedSend]
 
@@ -110,3 +111,16 @@ def test_a_slow_domain_does_not_hold_up_the_others(smtp_server: Server,
     last_fast = max(arrivals[letter.email] for letter in fast)
     assert all(b - a >= 0.2 for a, b in itertools.pairwise(slow_times))
     assert last_fast < slow_times[-1]
+
+
+# Both connections are busy with a fast letter for a second while both slow letters wait in
+# the queue; then both connections are free at once, one for each slow letter.
+@pytest.mark.faults(Faults(slow_data=1.0, slow_data_times=2))
+def test_a_domain_limit_holds_across_connections(smtp_server: Server,
+                                                 send_logged: Send) -> None:
+    letters = make_letters(2, domain="fast.example") + make_letters(2, domain="slow.example")
+    settings = smtp_server.settings(domain_rates={"slow.example": Rate(2)}, concurrency=2)
+    send_logged(settings, letters)
+    slow = sorted(m.at for m in smtp_server.handler.messages if "slow" in m.rcpt_tos[0])
+    assert len(slow) == 2
+    assert slow[1] - slow[0] >= 0.45
