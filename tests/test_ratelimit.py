@@ -8,6 +8,8 @@ from collections.abc import Callable, Sequence
 
 import pytest
 from conftest import LoggedSend, Server, make_letters
+from hypothesis import given
+from hypothesis import strategies as st
 
 from mailer.message import Letter
 from mailer.ratelimit import DomainLimits, RateLimiter
@@ -43,6 +45,22 @@ def test_an_idle_limiter_does_not_bank_a_burst() -> None:
 def test_a_burst_allows_that_many_at_once_then_paces() -> None:
     limiter = RateLimiter(Rate(10), burst=3, clock=FakeClock())
     assert [round(limiter.reserve(), 3) for _ in range(5)] == [0.0, 0.0, 0.0, 0.1, 0.2]
+
+
+@given(st.integers(1, 50), st.integers(1, 5),
+       st.lists(st.floats(0, 2, allow_nan=False), min_size=1, max_size=60))
+def test_no_second_gets_more_than_the_rate_plus_the_burst(per_second: int, burst: int,
+                                                          gaps: list[float]) -> None:
+    # Callers arrive at any times (gaps between them); each starts when its slot comes.
+    clock = FakeClock()
+    limiter = RateLimiter(Rate(per_second), burst=burst, clock=clock)
+    starts = []
+    for gap in gaps:
+        clock.now += gap
+        starts.append(clock.now + limiter.reserve())
+    assert starts == sorted(starts)
+    busiest = max(sum(1 for t in starts if start <= t < start + 1.0) for start in starts)
+    assert busiest <= per_second + burst
 
 
 def test_zero_means_no_limit() -> None:
