@@ -45,8 +45,7 @@ started the sink), and the ratio of the rate to mailmerge's; then the log's cost
 concurrency (send phase wall and CPU, and prepare + send against log off), against the goal:
 at most 10%, judged on a 95% interval of the median of the back-to-back pairs' ratios, per
 row and for all pairs together ("too noisy to tell" while the interval spans 10%; it takes
-at least 6 runs). Exit status 0 unless
-a run fails or sends fewer letters than asked.
+at least 6 runs). Exit status 0 unless a run fails or sends fewer letters than asked.
 
 With `--profile`, it measures nothing but profiles one log-on send (`--profile-concurrency`,
 default 16; `--profile-log off` for the log-off path): py-spy attaches to the child once
@@ -555,15 +554,13 @@ def median_interval(values: list[float], confidence: float = 0.95
     under 6 values)."""
     ordered = sorted(values)
     n = len(ordered)
-    if 1 - 2 / 2 ** n < confidence:
-        return None
-    k, below = 1, 0.0  # below: P(fewer than k of the n fall under the median)
-    while k < n / 2:
-        below += math.comb(n, k - 1) / 2 ** n
-        if 1 - 2 * (below + math.comb(n, k) / 2 ** n) < confidence:
+    k, tail = 0, 0.0
+    while k < n // 2:
+        tail += math.comb(n, k) / 2 ** n  # P(at most k of the n fall below the median)
+        if 1 - 2 * tail < confidence:
             break
         k += 1
-    return ordered[k - 1], ordered[n - k]
+    return (ordered[k - 1], ordered[n - k]) if k else None
 
 
 def judge(values: list[float]) -> tuple[str, str]:
