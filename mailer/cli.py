@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import csv
 import itertools
 import json
+import signal
 import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, fields
 from email import policy
 from email.parser import BytesParser
@@ -22,19 +25,17 @@ from rich.console import Console
 from rich.table import Table
 
 from .addresses import InvalidAddress, normalize_address
-from .campaign import Campaign
-from .delivery import Delivery, Plan, SendOptions, classify
+from .campaign import Campaign, plural
+from .delivery import Delivery, Preview, SendOptions
 from .errors import ConfigError, MailerError
-from .message import Letter
 from .outbox import write_outbox
 from .outcome import Outcome, Status
-from .sender import NoLog, Sender, SendSummary, run
-from .sendlog import Entry, SendLog
+from .sender import Sender, SendSummary
+from .sendlog import Entry, open_log
 from .settings import PLACEHOLDER_FROM, PLACEHOLDER_NAME, Settings, load_settings
-from .sink import Received, RecordingHandler, start_sink
+from .sink import Received, Sink, start_sink
 
 _PATH = click.Path(path_type=Path)
-_SHOWN_SKIPS = 20
 
 
 def _common(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -142,22 +143,11 @@ def _dry_run(campaign: Campaign, settings: Settings, outbox: Path,
         click.echo(f"No sender is configured: letters show the placeholder {PLACEHOLDER_NAME} "
                    f"<{PLACEHOLDER_FROM}>. Set MAILER_FROM and MAILER_SENDER_NAME in .env "
                    "before a live send.\n")
-    recipients = campaign.recipients()
-    log = SendLog.open(settings.log, create=False) if settings.log.exists() else None
-    plan = Plan()
-    skipped: list[str] = []
-
-    def due_letters(letters: Iterable[Letter]) -> Iterator[Letter]:
-        for letter, status, due in classify(letters, log, campaign.name, options, plan,
-                                            once_per_address=campaign.allow_duplicates):
-            if due:
-                yield letter
-            elif status is not None and len(skipped) < _SHOWN_SKIPS:
-                skipped.append(f"  {letter.email}: {status}")
-
+    log = open_log(settings.log, create=False) if settings.log.exists() else None
+    preview = Preview(campaign, log, options)
+    written = 0
     try:
-        written = 0
-        for path, letter in write_outbox(due_letters(campaign.letters(recipients)), outbox):
+        for path, letter in write_outbox(preview.letters(), outbox):
             if written == 0:
                 click.echo(f"--- {path} ---")
                 click.echo(_readable(letter.data))
@@ -165,18 +155,19 @@ def _dry_run(campaign: Campaign, settings: Settings, outbox: Path,
     finally:
         if log is not None:
             log.close()
-    for problem in recipients.problems:
+    report, plan = preview.report, preview.plan
+    for problem in report.problems:
         click.echo(str(problem), err=True)
     if log is not None:
         click.echo(f"Send log {settings.log}: a live run now has {plan.explain()}.")
-        if skipped:
-            hidden = sum(plan.skipped.values()) - len(skipped)
-            click.echo("Skipped by a live run:\n" + "\n".join(skipped)
+        if plan.examples:
+            hidden = sum(plan.skipped.values()) - len(plan.examples)
+            click.echo("Skipped by a live run:\n"
+                       + "\n".join(f"  {email}: {status}" for email, status in plan.examples)
                        + (f"\n  ... and {hidden} more (mailer log lists them)" if hidden else ""))
-    click.echo(f"Dry run: {written} letter{'s' * (written != 1)} written to {outbox}/, "
-               f"{recipients.problem_count} problem{'s' * (recipients.problem_count != 1)}; "
-               "nothing was sent.")
-    if recipients.problem_count:
+    click.echo(f"Dry run: {plural(written, 'letter')} written to {outbox}/, "
+               f"{plural(report.problem_count, 'problem')}; nothing was sent.")
+    if not report.ok:
         raise click.exceptions.Exit(1)
 
 
@@ -197,21 +188,22 @@ def _confirm(question: str, yes: bool) -> None:
 def _test_send(campaign: Campaign, address: str, count: int, yes: bool) -> None:
     settings = campaign.settings
     settings.require_sender()
-    click.echo(f"Test: the first {count} letter{'s' * (count != 1)} go to {address}, not to "
+    sender = Sender(settings)
+    click.echo(f"Test: the first {plural(count, 'letter')} go to {address}, not to "
                f"the recipients, via {_describe_server(settings)}. Not recorded in the log.")
     campaign.require_clean()
     _confirm("Send the test?", yes)
-    letters = itertools.islice(campaign.letters(campaign.recipients(), redirect_to=address), count)
-    sender = Sender(settings, NoLog(), on_outcome=_print_outcome)
-    summary = run(sender.run(letters))
-    raise click.exceptions.Exit(_report(summary))
+    letters = itertools.islice(campaign.letters(redirect_to=address), count)
+    _sending(lambda stop: sender.send(letters, stop), _print_outcome)
+    raise click.exceptions.Exit(_report(sender.summary))
 
 
 def _live_send(campaign: Campaign, options: SendOptions, yes: bool) -> None:
     settings = campaign.settings
-    delivery = Delivery(campaign, settings.log, options)
-    try:
-        plan = delivery.prepare()
+    Sender(settings)  # refusals that depend on the settings alone come first
+    with open_log(settings.log) as log, Delivery(campaign, log, options) as delivery:
+        _say_takeover(delivery)
+        plan = delivery.plan
         click.echo(f"Campaign {campaign.name!r}: {plan.explain()}.")
         if plan.due == 0:
             click.echo("Nothing to send.")
@@ -219,12 +211,61 @@ def _live_send(campaign: Campaign, options: SendOptions, yes: bool) -> None:
         click.echo(f"From {settings.sender_name} <{settings.from_address}> via "
                    f"{_describe_server(settings)}, at {settings.rate} "
                    f"with {settings.concurrency} connection(s). Log: {settings.log}")
-        _confirm(f"Send {plan.due} letter{'s' * (plan.due != 1)}?", yes)
+        _confirm(f"Send {plural(plan.due, 'letter')}?", yes)
         with Progress(plan.due) as progress:
-            summary = run(delivery.send(on_outcome=progress.update))
-    finally:
-        delivery.close()
-    raise click.exceptions.Exit(_report(summary))
+            _sending(delivery.send, progress.update)
+    raise click.exceptions.Exit(_report(delivery.summary, delivery.missing,
+                                        campaign.recipients_path))
+
+
+def _say_takeover(delivery: Delivery) -> None:
+    run = delivery.run
+    assert run is not None
+    if run.replaced is not None:
+        click.echo(f"The send log's last run, {run.replaced.describe()}, is not running "
+                   f"({run.replaced_because}): this run takes the log over.")
+    if run.settled:
+        click.echo(f"{plural(run.settled, 'letter')} that a stopped run had in flight "
+                   "are now unknown: the server may have them (mailer log --status unknown "
+                   "lists them, --resend-unknown sends them again).")
+
+
+def _sending(outcomes: Callable[[asyncio.Event], AsyncIterator[Outcome]],
+             show: Callable[[Outcome], None]) -> None:
+    """Run a send, showing each outcome. The first Ctrl-C (or SIGTERM) stops it cleanly:
+    no new letter, those in flight finish. A second stops it at once."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+
+        def interrupt() -> None:
+            if stop.is_set():
+                task.cancel()
+                return
+            stop.set()
+            click.echo("Stopping: the letters in flight finish (Ctrl-C again to stop at "
+                       "once).", err=True)
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, interrupt)
+        try:
+            async for outcome in outcomes(stop):
+                show(outcome)
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.remove_signal_handler(sig)
+
+    try:
+        asyncio.run(main())
+    except asyncio.CancelledError:
+        click.echo("Stopped at once: letters that were in flight are recorded as unknown "
+                   "(mailer log --status unknown).", err=True)
+        raise click.exceptions.Exit(130) from None
 
 
 def _print_outcome(outcome: Outcome) -> None:
@@ -268,19 +309,18 @@ class Progress:
                                     f"{outcome.describe()}")
 
 
-def _report(summary: SendSummary) -> int:
+def _report(summary: SendSummary, missing: int = 0, recipients: Path | None = None) -> int:
     counts = ", ".join(f"{n} {s}" for s, n in sorted(summary.counts.items())) or "nothing sent"
     rate = summary.total / summary.elapsed if summary.elapsed > 0 else 0.0
     click.echo(f"{'Stopped' if summary.interrupted else 'Done'}: {counts} in "
                f"{summary.elapsed:.1f}s ({rate:.1f} letters/s).")
-    if summary.unregistered:
-        click.echo(f"Not sent: {summary.unregistered} letter"
-                   f"{'s' * (summary.unregistered != 1)} that the list gained after it was "
-                   "checked; run mailer send again to check and send them.")
+    if missing:
+        click.echo(f"Not sent: {plural(missing, 'planned letter')}, because {recipients} "
+                   "changed during the run and no longer has them.")
     if summary.interrupted:
         click.echo("Run mailer send again to continue where it stopped.")
         return 130
-    return 0 if summary.counts[Status.SENT] == summary.total and not summary.unregistered else 1
+    return 0 if summary.counts[Status.SENT] == summary.total and not missing else 1
 
 
 _ATTENTION = (Status.FAILED, Status.DEFERRED, Status.UNKNOWN, Status.SENDING, Status.PENDING)
@@ -301,7 +341,7 @@ def log(log_path: Path | None, env_file: Path, campaign_name: str | None,
         statuses: tuple[str, ...], output: str) -> None:
     """Review the send log: who got the letter, who did not, and why."""
     settings = load_settings(env_file, log=log_path)
-    send_log = SendLog.open(settings.log, create=False)
+    send_log = open_log(settings.log, create=False)
     try:
         known = send_log.campaigns()
         if campaign_name is not None and campaign_name not in known:
@@ -372,7 +412,7 @@ def sink(host: str, port: int, maildir: Path) -> None:
                    f"({len(message.data)} bytes)")
 
     try:
-        controller = start_sink(RecordingHandler(maildir, on_message=show), host, port)
+        controller = start_sink(Sink(maildir, show), host, port)
     except OSError as error:
         raise ConfigError(f"cannot listen on {host}:{port}: {error.strerror or error}; "
                           "choose another --port") from None

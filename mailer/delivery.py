@@ -1,34 +1,40 @@
-"""A live send of a campaign: check everything, consult the send log, send what is due.
+"""A live send of a campaign, and the dry run's preview of one.
 
-The order is what makes a send safe to interrupt and repeat:
-1. every row is validated and every letter built (`Campaign.letters`); any problem stops the
-   run before anything is written or sent;
-2. the log is locked (one sender per log), what a dead run left ``sending`` is settled, and
-   every letter is registered ``pending`` in one transaction;
-3. letters whose state says they are due are reserved, sent, and their outcomes recorded.
+    with Delivery(campaign, log, options) as delivery:    # leased, checked, registered
+        print(delivery.plan.explain())
+        async for outcome in delivery.send(stop):
+            ...
+
+Entering takes the log's lease (what a dead run left in flight becomes ``unknown``), builds
+every letter and registers each ``pending`` in one transaction (a single problem registers
+nothing and sends nothing), and plans which letters are due. `send` builds the due letters
+again, one at a time as a connection is free, and sends them. Leaving records how the run
+ended and gives the lease up.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import hashlib
-import signal
+import itertools
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Protocol, TypeVar
+from types import TracebackType
 
-from .campaign import Campaign
-from .errors import InputError, LogError
+from .campaign import Campaign, CheckReport, plural
+from .errors import InputError, LogError, Problem
 from .message import Letter
 from .outcome import Outcome, Status
 from .recipients import Recipient
 from .recorder import Recorder
 from .sender import Policy, Sender, SendSummary
-from .sendlog import SendLog
+from .sendlog import Listed, Run, SendLog
+
+# Letters whose states are looked up at once: one query each, little held in memory.
+_CHUNK = 256
+_SHOWN_SKIPS = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,37 +45,60 @@ class SendOptions:
     retry_failed: bool = False
     resend_unknown: bool = False
 
-    def due(self, status: Status | None) -> bool:
+    def due(self, status: Status) -> bool:
         """Whether a recipient in this state gets the letter in this run."""
-        if status is None or status in (Status.PENDING, Status.DEFERRED):
-            return True
-        return ((status == Status.FAILED and self.retry_failed)
+        return (status in (Status.PENDING, Status.DEFERRED)
+                or (status == Status.FAILED and self.retry_failed)
                 or (status == Status.UNKNOWN and self.resend_unknown))
 
 
 @dataclass(slots=True)
 class Plan:
-    """How many letters a run would send, and how many it skips, by their state."""
+    """Which letters a run sends, and how many it skips, by their state."""
 
+    options: SendOptions = field(default_factory=SendOptions)
     letters: int = 0
-    due: int = 0
     skipped: Counter[Status] = field(default_factory=Counter)
     # Rows whose address an earlier row already has (--allow-duplicates): one letter each.
     repeated: int = 0
+    # The due letters' casefolded addresses.
+    keys: set[str] = field(default_factory=set)
+    examples: list[tuple[str, Status]] = field(default_factory=list)
+
+    @property
+    def due(self) -> int:
+        return len(self.keys)
+
+    def admit(self, email: str, status: Status) -> bool:
+        """Count one letter in; whether it is due in this run."""
+        self.letters += 1
+        key = email.casefold()
+        if not self.options.due(status):
+            self.skipped[status] += 1
+            if len(self.examples) < _SHOWN_SKIPS:
+                self.examples.append((email, status))
+            return False
+        if key in self.keys:
+            self.repeated += 1
+            return False
+        if self.options.limit is not None and self.due >= self.options.limit:
+            return False
+        self.keys.add(key)
+        return True
 
     def explain(self) -> str:
         """`12 letters to send; skipping 2 already sent, 1 unknown (--resend-unknown ...)`."""
-        text = f"{self.due} letter{'s' * (self.due != 1)} to send"
+        text = f"{plural(self.due, 'letter')} to send"
         if not self.skipped and not self.repeated:
             return text
         hints = {Status.SENT: "already sent", Status.FAILED: "failed (--retry-failed to retry)",
                  Status.UNKNOWN: "unknown: the server may have them (--resend-unknown to resend)",
-                 Status.SENDING: "reserved by a run that stopped (the next live run "
-                                 "sorts out which reached the server)"}
+                 Status.SENDING: "in flight in a run that is sending now or stopped (the next "
+                                 "live run lists those of a stopped run as unknown)"}
         parts = [f"{n} {hints.get(s, str(s))}" for s, n in sorted(self.skipped.items())]
         if self.repeated:
-            parts.append(f"{self.repeated} row{'s' * (self.repeated != 1)} repeating an "
-                         "address (one letter per address)")
+            parts.append(f"{plural(self.repeated, 'row')} repeating an address (one letter per "
+                         "address)")
         return f"{text}; skipping {', '.join(parts)}"
 
 
@@ -81,167 +110,129 @@ def template_hash(campaign: Campaign) -> str:
     return digest.hexdigest()
 
 
-class _Addressed(Protocol):
-    @property
-    def email(self) -> str: ...
+def _looked_up(items: Iterable[Recipient | Problem], log: SendLog | None,
+               campaign: str) -> Iterator[tuple[Recipient | Problem, Status]]:
+    """Each row with its recipient's state in the log (pending if it has none), looked up a
+    chunk at a time."""
+    rows = iter(items)
+    while chunk := list(itertools.islice(rows, _CHUNK)):
+        emails = [row.email for row in chunk if isinstance(row, Recipient)]
+        found = log.statuses(campaign, emails) if log is not None and emails else {}
+        for row in chunk:
+            yield row, (found.get(row.email.casefold(), Status.PENDING)
+                        if isinstance(row, Recipient) else Status.PENDING)
 
 
-_T = TypeVar("_T", bound=_Addressed)
+def _planned(campaign: Campaign, log: SendLog | None, plan: Plan,
+             report: CheckReport) -> Iterator[tuple[Letter, bool]]:
+    """Every letter the list makes, each with whether `plan` admits it; the problems of the
+    rows that make none go into `report`."""
+    recipients = campaign.recipients()
+    for item, status in _looked_up(recipients, log, campaign.name):
+        built = item if isinstance(item, Problem) else campaign.build_one(item)
+        if isinstance(built, Problem):
+            report.add(built)
+            continue
+        report.letters += 1
+        yield built, plan.admit(built.email, status)
+    report.rows = recipients.rows
 
 
-def classify(items: Iterable[_T], log: SendLog | None, campaign: str, options: SendOptions,
-             plan: Plan, *, once_per_address: bool = False
-             ) -> Iterator[tuple[_T, Status | None, bool]]:
-    """Each letter (or recipient) with its state in the log and whether it is due now;
-    every one is counted into `plan` as it passes.
+class Preview:
+    """The dry run: every letter built, the due ones yielded by `letters()`; then `plan`
+    says what a live run would do and `report` holds the problems found."""
 
-    `once_per_address` (for a list that may repeat an address) keeps every address after its
-    first due row from being due again: the log has one row, so one letter, per address. (A
-    repeat's state cannot be trusted: the first letter may or may not be recorded yet.)
-    """
-    due_before: set[str] = set()
-    for item, status in _with_status(items, log, campaign):
-        plan.letters += 1
-        due = options.due(status)
-        key = item.email.casefold() if once_per_address else ""
-        if not due:
-            assert status is not None
-            plan.skipped[status] += 1
-        elif once_per_address and key in due_before:
-            due = False
-            plan.repeated += 1
-        elif options.limit is not None and plan.due >= options.limit:
-            due = False
-        else:
-            plan.due += 1
-            if once_per_address:
-                due_before.add(key)
-        yield item, status, due
+    def __init__(self, campaign: Campaign, log: SendLog | None, options: SendOptions) -> None:
+        self.campaign = campaign
+        self.log = log
+        self.plan = Plan(options)
+        self.report = CheckReport()
 
-
-def _with_status(items: Iterable[_T], log: SendLog | None,
-                 campaign: str) -> Iterator[tuple[_T, Status | None]]:
-    """Each item with its state in the log, looked up a chunk at a time (one query per
-    chunk rather than per letter, and only a chunk of letters held in memory)."""
-    chunk: list[_T] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == _CHUNK:
-            yield from _look_up(chunk, log, campaign)
-            chunk = []
-    yield from _look_up(chunk, log, campaign)
-
-
-_CHUNK = 256
-
-
-def _look_up(chunk: list[_T], log: SendLog | None,
-             campaign: str) -> Iterator[tuple[_T, Status | None]]:
-    found = log.statuses(campaign, [item.email for item in chunk]) if log and chunk else {}
-    return ((item, found.get(item.email.casefold())) for item in chunk)
+    def letters(self) -> Iterator[Letter]:
+        return (letter for letter, due in _planned(self.campaign, self.log, self.plan,
+                                                   self.report) if due)
 
 
 class Delivery:
-    """A live run: `prepare()` checks and plans, `send()` sends, `close()` releases the log."""
+    """A logged live send of one campaign (see the module's docstring)."""
 
-    def __init__(self, campaign: Campaign, log_path: Path, options: SendOptions,
+    def __init__(self, campaign: Campaign, log: SendLog, options: SendOptions,
                  policy: Policy | None = None) -> None:
-        campaign.settings.require_sender()
         self.campaign = campaign
-        self.options = options
+        self.log = log
         self.policy = policy
-        self.log = SendLog.open(log_path)
-        self.run_id: int | None = None
-        self.plan = Plan()
-        # Each address prepare() registered, and whether it is due (until it is sent).
-        self._due: dict[str, bool] = {}
-        self._planned = False
-        self._ended = False
+        self.plan = Plan(options)
+        self.run: Run | None = None
+        self.summary = SendSummary()
+        # Due letters the send did not find in the list again (it changed meanwhile).
+        self.missing = 0
+        self._outcome = "stopped before sending"
 
-    def prepare(self) -> Plan:
-        """Lock the log, check every letter and register them all, counting what is due."""
-        self.log.lock()
+    def __enter__(self) -> Delivery:
+        self.campaign.settings.require_sender()
         campaign = self.campaign
+        self.run = self.log.begin_run(campaign.name, campaign.settings.public(),
+                                      template_hash(campaign))
+        try:
+            self._prepare()
+        except BaseException as error:
+            self.__exit__(type(error), error, error.__traceback__)
+            raise
+        if self.plan.due == 0:
+            self._outcome = "completed"
+        return self
+
+    def _prepare(self) -> None:
+        """One pass over the list: build every letter, register it, plan it."""
+        campaign, log, report = self.campaign, self.log, CheckReport()
         digest = template_hash(campaign)
-        self.run_id = self.log.begin_run(campaign.name, campaign.settings.public(), digest)
-        recipients = campaign.recipients()
-        # One pass over the list: each letter's state is looked up just before it is
-        # registered (a new one has none, so it is due, as `pending` would be).
-        letters = self._noted(classify(
-            campaign.letters(recipients), self.log, campaign.name, self.options, self.plan,
-            once_per_address=campaign.allow_duplicates))
-        self.log.register(campaign.name, letters, digest,
-                          keep=lambda: recipients.problem_count == 0)
-        if recipients.problem_count:
-            self._end("refused: the list or template has problems")
-            raise InputError(recipients.problems, f"{recipients.rows} recipients, "
-                             f"{recipients.problem_count} problems; nothing was sent")
-        self._planned = True
-        return self.plan
+        listed: list[Listed] = []
+        with log.atomic():
+            for letter, _ in _planned(campaign, log, self.plan, report):
+                listed.append(Listed(letter.email, letter.line, letter.message_id))
+                if len(listed) == _CHUNK:
+                    log.register(campaign.name, listed, digest)
+                    listed.clear()
+            log.register(campaign.name, listed, digest)
+            if not report.ok:
+                self._outcome = "refused: the list or template has problems"
+                raise InputError(report.problems, f"{report.summary()}; nothing was sent")
+        log.ensure_room(self.plan.due)
 
-    def _noted(self, classified: Iterable[tuple[Letter, Status | None, bool]]
-               ) -> Iterator[Letter]:
-        """The letters, each address noted in `_due` on the way."""
-        for letter, _, due in classified:
-            key = letter.email.casefold()
-            self._due[key] = self._due.get(key, False) or due
-            yield letter
+    def _due_letters(self) -> Iterator[Letter]:
+        """The planned letters, built again one at a time, as the sender takes them."""
+        due = self.plan.keys.copy()
+        for item in self.campaign.recipients():
+            if isinstance(item, Recipient) and item.email.casefold() not in due:
+                continue
+            built = item if isinstance(item, Problem) else self.campaign.build_one(item)
+            if isinstance(built, Problem):
+                raise InputError([built], f"{self.campaign.recipients_path} changed since it "
+                                 "was checked; run mailer send again to check it")
+            due.discard(built.email.casefold())
+            yield built
+        self.missing = len(due)
 
-    def _due_now(self, recipient: Recipient, summary: SendSummary) -> bool:
-        """Whether prepare() found this recipient due, each address once. One it never saw
-        (the list gained it since) is counted in `summary`, not sent: its outcome would have
-        no row in the log to go to. (The log is locked: nothing else changes what is due.)"""
-        key = recipient.email.casefold()
-        due = self._due.get(key)
-        if due is None:
-            summary.unregistered += 1
-            return False
-        self._due[key] = False
-        return due
+    async def send(self, stop: asyncio.Event) -> AsyncIterator[Outcome]:
+        """Send the due letters, yielding each outcome; setting `stop` ends the run cleanly
+        (letters in flight finish)."""
+        assert self.run is not None, "use Delivery as a context manager"
+        self._outcome = "failed"
+        async with Recorder(self.log, self.run) as recorder:
+            sender = Sender(self.campaign.settings, recorder, policy=self.policy)
+            self.summary = sender.summary
+            async for outcome in sender.send(self._due_letters(), stop):
+                yield outcome
+        self._outcome = "interrupted" if self.summary.interrupted else "completed"
 
-    async def send(self, *, on_outcome: Callable[[Outcome], None] | None = None,
-                   stop: asyncio.Event | None = None) -> SendSummary:
-        """Send the due letters; SIGINT/SIGTERM stop it cleanly (in-flight letters finish)."""
-        assert self.run_id is not None, "prepare() first"
-        stop = stop or asyncio.Event()
-        recorder = Recorder(self.log, self.campaign.name, self.run_id)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.add_signal_handler(sig, stop.set)
-        outcome = "failed"
-        counts: Counter[Status] = Counter()
-        try:
-            sender = Sender(self.campaign.settings, recorder, policy=self.policy,
-                            on_outcome=on_outcome)
-            counts = sender.summary.counts
-            # The list is read again, not held: only the addresses are kept, not the letters.
-            # Only the due are rendered again: a resumed run skips the rest unbuilt.
-            letters = self.campaign.letters(
-                self.campaign.recipients(),
-                only=functools.partial(self._due_now, summary=sender.summary))
-            summary = await sender.run(letters, stop)
-            outcome = "interrupted" if summary.interrupted else "completed"
-            return summary
-        finally:
-            recorder.close()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                    loop.remove_signal_handler(sig)
-            self._end(outcome, counts)
-
-    def _end(self, outcome: str, counts: Counter[Status] | None = None) -> None:
-        if self.run_id is not None:
-            self._ended = True
-            self.log.end_run(self.run_id, outcome, {str(k): v for k, v in (counts or {}).items()})
-
-    def close(self) -> None:
-        """Record the end of a run that never sent (nothing due, not confirmed, an error
-        while preparing), then release the log (and its lock)."""
-        try:
-            if self.run_id is not None and not self._ended:
-                with contextlib.suppress(LogError):
-                    self._end("completed" if self._planned and self.plan.due == 0
-                              else "stopped before sending")
-        finally:
-            self.log.close()
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        if self.run is None:
+            return
+        run, self.run = self.run, None
+        outcome = self._outcome if error is None or self._outcome != "failed" \
+            else f"failed: {error}"
+        counts = {str(s): n for s, n in self.summary.counts.items()}
+        # An error on the way out says more than failing to record it would.
+        with contextlib.suppress(*(() if error is None else (LogError,))):
+            self.log.end_run(run, outcome, counts)

@@ -1,7 +1,19 @@
 """The one exception family of mailer.
 
 Every error a user can cause or meet carries the message they should read; the CLI prints
-``str(error)`` and exits with ``error.exit_code``, never a traceback.
+``str(error)`` and exits with ``error.exit_code``, never a traceback::
+
+    MailerError                     exit 2: nothing was attempted, or the run had to stop
+    ├── ConfigError (ValueError)    a setting, flag or file path is wrong
+    ├── InputError                  exit 1: the list or template has problems, all listed
+    ├── SendError                   exit 1: the server stopped the run (code, recipient)
+    │   ├── AuthError (PermissionError)
+    │   ├── TLSError (ConnectionError)
+    │   ├── ServerUnreachable (ConnectionError)
+    │   └── TooManyFailures
+    └── LogError (OSError)          the send log cannot be opened or written
+        ├── LogLocked               another run holds the log's lease
+        └── LeaseLost               another run took this run's lease over
 """
 
 from __future__ import annotations
@@ -70,17 +82,17 @@ class ServerUnreachable(SendError, ConnectionError):
     """No connection to the SMTP server could be made."""
 
 
-class SendTimeout(SendError, TimeoutError):
-    """The server did not answer within the configured timeout."""
-
-
 class TooManyFailures(SendError):
     """Consecutive failures crossed the threshold, so the run paused itself."""
 
 
 class LogError(MailerError, OSError):
-    """The send log cannot be opened, written or locked."""
+    """The send log cannot be opened or written."""
 
 
 class LogLocked(LogError):
-    """Another ``mailer send`` holds the send log."""
+    """Another ``mailer send`` holds the send log's lease."""
+
+
+class LeaseLost(LogError):
+    """Another run found this one silent and took the log's lease over: stop sending."""

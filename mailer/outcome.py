@@ -12,7 +12,7 @@ class Status(StrEnum):
     """A recipient's state in a campaign.
 
     pending -> sending -> sent | deferred (transient, retried next run) | failed (permanent)
-    | unknown (the run stopped while the letter was in flight: the server may have it).
+    | unknown (the letter may have reached the server, but no answer was recorded).
     """
 
     PENDING = "pending"
@@ -25,13 +25,16 @@ class Status(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """The end of one letter's attempts in a run, with the server's last word on it."""
+    """The end of one letter's tries in a run, with the server's last word on it."""
 
     letter: Letter
     status: Status
     attempts: int
     code: int | None = None
     reply: str = ""
+    # Unix times of the run's first and last try at this letter.
+    first_try: float | None = None
+    last_try: float | None = None
 
     def describe(self) -> str:
         """`550 5.1.1 no such user` or a plain reason, for people."""

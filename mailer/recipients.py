@@ -1,8 +1,8 @@
 """The recipient list: a CSV file read as a stream of validated rows.
 
 Rows are validated by a pydantic model built for the file's own columns, so every problem is
-reported per column, and all of them are collected in one pass (memory stays bounded whatever
-the list's size: only a 64-bit hash per address is kept to find duplicates).
+reported per column, all of them in one pass (memory stays bounded whatever the list's size:
+only a 64-bit hash per address is kept to find duplicates).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from .addresses import InvalidAddress, normalize_address
 from .errors import ConfigError, InputError, Problem
 
-MAX_PROBLEMS = 10_000
 _DELIMITERS = (",", ";", "\t")
 
 
@@ -87,7 +86,8 @@ def row_model(columns: list[str], required: Iterable[str] = (),
 
 
 class RecipientList:
-    """A recipient CSV file: iterate it for valid rows, then read `problems` for the rest.
+    """A recipient CSV file: iterate it for its valid rows and, as they come, the problems
+    of the others (each row's, then the duplicates, found once the file is read).
 
     `required` columns must be non-empty, `single_line` columns may not hold line breaks
     (the template decides which: see `LetterTemplate.required_fields`).
@@ -97,25 +97,23 @@ class RecipientList:
                  single_line: Iterable[str] = (), allow_duplicates: bool = False) -> None:
         self.path = path
         self.allow_duplicates = allow_duplicates
-        self.problems: list[Problem] = []
-        self.problem_count = 0
-        self.rows = 0
         self.columns = read_columns(path)
         self._model = row_model(self.columns, required, single_line)
+        # Records read by the last pass (the header and malformed records aside).
+        self.rows = 0
 
-    def add_problem(self, problem: Problem) -> None:
-        """Record a problem (the first MAX_PROBLEMS are kept, all are counted)."""
-        self.problem_count += 1
-        if len(self.problems) < MAX_PROBLEMS:
-            self.problems.append(problem)
-
-    def __iter__(self) -> Iterator[Recipient]:
+    def __iter__(self) -> Iterator[Recipient | Problem]:
+        self.rows = 0
         seen: set[int] = set()
         suspects: dict[str, list[Recipient]] = {}
-        for line, values in _records(self.path, self.columns, self.add_problem, skip_header=True):
+        for item in _records(self.path, self.columns, skip_header=True):
+            if isinstance(item, Problem):
+                yield item
+                continue
             self.rows += 1
-            recipient = self._validate(line, values)
-            if recipient is None:
+            recipient = self._validate(*item)
+            if not isinstance(recipient, Recipient):
+                yield from recipient
                 continue
             if not self.allow_duplicates:
                 key = recipient.email.casefold()
@@ -130,48 +128,51 @@ class RecipientList:
             del seen
             yield from self._settle_duplicates(suspects)
 
-    def _validate(self, line: int, values: list[str]) -> Recipient | None:
+    def _validate(self, line: int, values: list[str]) -> Recipient | list[Problem]:
         try:
             row = self._model.model_validate(dict(zip(self.columns, values, strict=True)))
         except ValidationError as error:
-            for item in error.errors():
-                column = str(item["loc"][0]) if item["loc"] else None
-                message = str(item["msg"]).removeprefix("Value error, ")
-                self.add_problem(Problem(str(self.path), line, message, column))
-            return None
+            return [Problem(str(self.path), line,
+                            str(item["msg"]).removeprefix("Value error, "),
+                            str(item["loc"][0]) if item["loc"] else None)
+                    for item in error.errors()]
         fields = dict(zip(self.columns, row.__dict__.values(), strict=True))
         return Recipient(line, fields["email"], fields)
 
-    def _settle_duplicates(self, suspects: dict[str, list[Recipient]]) -> Iterator[Recipient]:
+    def _settle_duplicates(self, suspects: dict[str, list[Recipient]]
+                           ) -> Iterator[Recipient | Problem]:
         """Find where each suspect address first appears; report duplicates, free the rest."""
         first: dict[str, int] = {}
         email = self.columns.index("email")
-        for line, values in _records(self.path, self.columns, lambda p: None, skip_header=True):
+        for item in _records(self.path, self.columns, skip_header=True):
+            if isinstance(item, Problem):
+                continue
+            line, values = item
             try:
                 key = normalize_address(values[email].strip()).casefold()
             except InvalidAddress:
                 continue
-            if key in suspects and key not in first:
-                try:  # an invalid row is not sent, so it is not the copy that is kept
-                    self._model.model_validate(dict(zip(self.columns, values, strict=True)))
-                except ValidationError:
-                    continue
+            # An invalid row is not sent, so it is not the copy that is kept.
+            if (key in suspects and key not in first
+                    and isinstance(self._validate(line, values), Recipient)):
                 first[key] = line
         for key, held in suspects.items():
             for recipient in held:
                 if first.get(key, recipient.line) == recipient.line:
                     yield recipient  # a hash collision, not a duplicate
                 else:
-                    self.add_problem(Problem(
+                    yield Problem(
                         str(self.path), recipient.line,
                         f"{recipient.email} is already on line {first[key]}; remove one of the "
                         "two rows (or pass --allow-duplicates to keep both: the address gets one "
-                        "letter)", "email"))
+                        "letter)", "email")
 
 
 def read_columns(path: Path) -> list[str]:
     """The header row's column names, with the email column (any case) named `email`."""
-    header = next(_records(path, None, _raise, skip_header=False), None)
+    header = next(_records(path, None, skip_header=False), None)
+    if isinstance(header, Problem):
+        raise InputError([header])
     if header is None:
         raise InputError([Problem(str(path), None, "the file is empty; the first line must be "
                                   "a header such as email,name,title,country")])
@@ -193,13 +194,9 @@ def read_columns(path: Path) -> list[str]:
     return columns
 
 
-def _raise(problem: Problem) -> None:
-    raise InputError([problem])
-
-
-def _records(path: Path, columns: list[str] | None, report: Any, *,
-             skip_header: bool) -> Iterator[tuple[int, list[str]]]:
-    """Yield (start line, fields) per CSV record; badly shaped records go to `report`."""
+def _records(path: Path, columns: list[str] | None, *,
+             skip_header: bool) -> Iterator[tuple[int, list[str]] | Problem]:
+    """Yield (start line, fields) per CSV record, or the Problem of a badly shaped one."""
     try:
         handle = path.open("rb")
     except OSError as error:
@@ -221,7 +218,7 @@ def _records(path: Path, columns: list[str] | None, report: Any, *,
             except StopIteration:
                 return
             except csv.Error as error:
-                report(Problem(str(path), start, f"malformed CSV ({error}); check the quotes"))
+                yield Problem(str(path), start, f"malformed CSV ({error}); check the quotes")
                 continue
             if not values or values == [""]:
                 continue
@@ -230,8 +227,8 @@ def _records(path: Path, columns: list[str] | None, report: Any, *,
                 if skip_header:
                     continue
             if columns is not None and len(values) != len(columns):
-                report(Problem(str(path), start, f"has {len(values)} fields but the header has "
-                               f"{len(columns)}; quote values that contain '{delimiter}'"))
+                yield Problem(str(path), start, f"has {len(values)} fields but the header has "
+                              f"{len(columns)}; quote values that contain '{delimiter}'")
                 continue
             yield start, values
 

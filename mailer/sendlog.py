@@ -1,109 +1,75 @@
-"""The send log: a SQLite file that records every recipient's state, durably, across runs.
+"""The send log: every recipient's state in every campaign, so that no letter is sent twice
+and none is forgotten, whatever stops a run.
 
-One row per (campaign, address) and one per run. Before a letter can reach SMTP DATA it is
-reserved, in a commit that reaches the disk (``synchronous=FULL``): a row per batch names the
-run and its letters, which are ``sending`` from then until their outcome is written to their
-own row. `Recorder` (recorder.py) does that during a run, through a writer process
-(logwriter.py). A run killed at any instant leaves letters reserved and unfinished; the next
-run settles them with the run's in-flight journal (journal.py): those that may have reached
-the server become ``unknown`` and are not sent blindly again, the rest keep their state.
+What every store (`SQLiteLog`, the default) guarantees:
+
+1. Just before a letter's DATA, its row becomes ``sending`` in a commit that has reached the
+   disk. A letter whose row never became ``sending`` never reached DATA, so it stays due.
+2. After the server's reply the letter's outcome replaces ``sending``.
+3. A run that finds ``sending`` rows left by a run that is no longer alive makes them
+   ``unknown``: the server may have them, so they are not sent again unless asked.
+4. One run at a time holds a log's lease: a row in ``runs`` with its host, pid and a
+   heartbeat. Every mark is committed in a transaction that first renews that lease, so a
+   run whose lease was taken over (found dead) can send nothing more.
+
+Nothing outside a store writes SQL; a store is used by one thread at a time.
 """
 
 from __future__ import annotations
 
-import errno
-import json
-import os
-import shutil
-import sqlite3
-import time
-from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import NamedTuple, Protocol
 
-from filelock import FileLock, Timeout
-
-from .errors import LogError, LogLocked
-from .journal import discard_journal, read_journal
-from .logwriter import UNFINISHED, connect, settle, stamp, transaction
-from .message import Letter
-from .outcome import Status
-
-SCHEMA_VERSION = 4
-_MIGRATIONS: dict[int, str] = {
-    1: """
-    CREATE TABLE letters (
-        campaign TEXT NOT NULL,
-        email TEXT NOT NULL,            -- casefolded: the identity of a recipient
-        address TEXT NOT NULL,          -- as written in the list
-        line INTEGER,
-        status TEXT NOT NULL,
-        attempts INTEGER NOT NULL DEFAULT 0,
-        first_attempt TEXT,
-        last_attempt TEXT,
-        message_id TEXT,
-        reply_code INTEGER,
-        reply_text TEXT,
-        message_sha256 TEXT,
-        template_sha256 TEXT,
-        run_id INTEGER,
-        PRIMARY KEY (campaign, email)
-    ) WITHOUT ROWID;
-    CREATE INDEX letters_status ON letters (campaign, status);
-    CREATE TABLE runs (
-        id INTEGER PRIMARY KEY,
-        campaign TEXT NOT NULL,
-        started TEXT NOT NULL,
-        ended TEXT,
-        settings TEXT NOT NULL,
-        template_sha256 TEXT,
-        outcome TEXT,
-        counts TEXT
-    );
-    """,
-    # The state a reserved (`sending`) letter goes back to if it never reached DATA. The
-    # status index cost a third of each letter's write; `mailer log` reads little enough.
-    2: "ALTER TABLE letters ADD COLUMN prior_status TEXT; DROP INDEX letters_status",
-    # A reservation is one row per batch instead of a write to each letter's row, which is
-    # then written once, with its outcome. A letter a schema 2 run left `sending` may have
-    # reached the server.
-    3: """
-    CREATE TABLE reservations (
-        run_id INTEGER NOT NULL REFERENCES runs (id),
-        batch INTEGER NOT NULL,
-        emails TEXT NOT NULL,           -- a JSON list of casefolded addresses
-        PRIMARY KEY (run_id, batch)
-    );
-    UPDATE letters SET status = 'unknown' WHERE status = 'sending';
-    ALTER TABLE letters DROP COLUMN prior_status;
-    """,
-    # Rows in list order (a rowid table) instead of address order: a run sends in list order,
-    # so a batch's outcomes land on a few neighbouring pages instead of a page each: in a
-    # 20,000-letter send the writer's CPU per letter went from 29 µs to 17.
-    4: """
-    CREATE TABLE letters_in_order (
-        campaign TEXT NOT NULL, email TEXT NOT NULL, address TEXT NOT NULL, line INTEGER,
-        status TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, first_attempt TEXT,
-        last_attempt TEXT, message_id TEXT, reply_code INTEGER, reply_text TEXT,
-        message_sha256 TEXT, template_sha256 TEXT, run_id INTEGER
-    );
-    INSERT INTO letters_in_order SELECT * FROM letters ORDER BY campaign, line, email;
-    DROP TABLE letters;
-    ALTER TABLE letters_in_order RENAME TO letters;
-    CREATE UNIQUE INDEX letters_by_address ON letters (campaign, email);
-    """,
-}
+from .outcome import Outcome, Status
 
 
-def now() -> str:
-    """The current time as stored in the log (UTC, ISO 8601, milliseconds)."""
-    return stamp(time.time())
+def stamp(when: float) -> str:
+    """A Unix time as the log stores times: UTC, ISO 8601, to the millisecond."""
+    return datetime.fromtimestamp(when, UTC).isoformat(timespec="milliseconds")
 
 
-# Status(value) costs a microsecond, and a run looks up every letter's.
-_STATUSES = {status.value: status for status in Status}
+class Listed(NamedTuple):
+    """A letter as the log registers it, before it is sent."""
+
+    email: str
+    line: int
+    message_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Holder:
+    """A run that holds (or held) a log's lease."""
+
+    run_id: int
+    host: str
+    pid: int
+    started: str
+    heartbeat: str
+
+    def describe(self) -> str:
+        """`run 3 (pid 812 on laptop, started 2026-12-01 09:00:05 UTC, last heard of ...)`."""
+        return (f"run {self.run_id} (pid {self.pid} on {self.host}, started "
+                f"{_readable(self.started)}, last heard of {_readable(self.heartbeat)})")
+
+
+def _readable(stored: str) -> str:
+    return stored[:19].replace("T", " ") + " UTC"
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """A run that holds the lease; `replaced` is the dead run it took the lease from, if
+    any, and `settled` how many of that run's letters it found in flight (now unknown)."""
+
+    id: int
+    campaign: str
+    replaced: Holder | None = None
+    replaced_because: str = ""
+    settled: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,239 +108,66 @@ class CampaignSummary:
         return sent / span * 60 if span > 0 else None
 
 
-class SendLog:
-    """An open send log. `SendLog.open(path)` for reading; `lock()` before sending."""
+class SendLog(Protocol):
+    """What the sender, `mailer log` and `mailer send --dry-run` need of a store."""
 
-    def __init__(self, path: Path, connection: sqlite3.Connection) -> None:
-        self.path = path
-        self._db = connection
-        self._lock: FileLock | None = None
+    location: str
 
-    @classmethod
-    def open(cls, path: Path, *, create: bool = True) -> SendLog:
-        """Open (and create or migrate) the log; raise LogError with the reason if it can't.
+    def close(self) -> None: ...
 
-        Every commit reaches the disk (fsync) before it counts, so the log survives a power
-        cut too.
-        """
-        if not create and not path.exists():
-            raise LogError(f"no send log at {path}; nothing has been sent with this log yet")
-        db: sqlite3.Connection | None = None
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            db = connect(path)
-            log = cls(path, db)
-            log._migrate()
-        except LogError:
-            # Already says what is wrong (a newer schema): not to be re-worded as an OSError.
-            if db is not None:
-                db.close()
-            raise
-        except (sqlite3.Error, OSError) as error:
-            if db is not None:
-                db.close()
-            raise log_error(path, error) from None
-        return log
+    def __enter__(self) -> SendLog: ...
 
-    def _migrate(self) -> None:
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise LogError(f"{self.path} was written by a newer mailer (schema {version}); "
-                           "upgrade mailer to read it")
-        if version < SCHEMA_VERSION:
-            self._db.execute("PRAGMA journal_mode = WAL")
-        for target in range(version + 1, SCHEMA_VERSION + 1):
-            try:
-                self._db.executescript(f"BEGIN IMMEDIATE; {_MIGRATIONS[target]}; "
-                                       f"PRAGMA user_version = {target}; COMMIT;")
-            except sqlite3.Error:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
+    def __exit__(self, *exc: object) -> None:
+        """Close the log."""
+        ...
 
-    @property
-    def journal_path(self) -> Path:
-        """Where a run's in-flight journal lives: beside the log."""
-        return self.path.with_name(f"{self.path.name}.inflight")
+    def atomic(self) -> AbstractContextManager[None]:
+        """A transaction: the calls inside it commit together, or not at all if it raises."""
+        ...
 
-    def lock(self) -> None:
-        """Hold the log for one sending process; a second one gets LogLocked."""
-        lock = FileLock(f"{self.path}.lock", timeout=0)
-        try:
-            lock.acquire()
-        except Timeout:
-            raise LogLocked(f"another mailer send is using {self.path}; wait for it to finish "
-                            "(or stop it) before starting another") from None
-        except OSError as error:
-            raise log_error(self.path, error) from None
-        self._lock = lock
+    # -- a run --------------------------------------------------------------------------
 
-    def close(self) -> None:
-        """Close the database and release the lock."""
-        self._db.close()
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
+    def begin_run(self, campaign: str, settings: Mapping[str, str],
+                  template_sha256: str) -> Run:
+        """Take the lease (LogLocked if a live run holds it), settle what dead runs left
+        ``sending`` and record the run's start."""
+        ...
 
-    # -- a run ------------------------------------------------------------------------------
+    def ensure_room(self, letters: int) -> None:
+        """LogError unless the store has room to record `letters` more outcomes."""
+        ...
 
-    def begin_run(self, campaign: str, settings: dict[str, str], template_sha256: str) -> int:
-        """Record a run's start, after settling what a dead run left `sending` (see
-        `settle`). Call it holding the lock.
+    def register(self, campaign: str, letters: Iterable[Listed], template_sha256: str) -> int:
+        """Add each letter not yet in the log as ``pending``; how many were added."""
+        ...
 
-        This is the first write of a run, so a read-only or full disk fails here, before
-        anything is sent.
-        """
-        flown = read_journal(self.journal_path)
-        try:
-            with transaction(self._db) as db:
-                settle(db, flown)
-                cursor = db.execute(
-                    "INSERT INTO runs (campaign, started, settings, template_sha256) "
-                    "VALUES (?, ?, ?, ?)", (campaign, now(), json.dumps(settings),
-                                            template_sha256))
-        except sqlite3.Error as error:
-            raise log_error(self.path, error) from None
-        # Settled: the journal has said all it can. (Were the process to die before this, the
-        # next run would read it again and find nothing left to settle.)
-        discard_journal(self.journal_path)
-        assert cursor.lastrowid is not None
-        return cursor.lastrowid
-
-    def register(self, campaign: str, letters: Iterable[Letter], template_sha256: str, *,
-                 keep: Callable[[], bool] = lambda: True) -> int:
-        """Add every letter not yet in the log as `pending`, in one transaction; count them.
-
-        If `keep()` is false once the letters are consumed (a problem turned up on the way),
-        nothing is added.
-        """
-        rows = ((campaign, letter.email.casefold(), letter.email, letter.line, Status.PENDING,
-                 letter.message_id, template_sha256) for letter in letters)
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                before = self._db.total_changes
-                self._db.executemany(
-                    "INSERT OR IGNORE INTO letters (campaign, email, address, line, status, "
-                    "message_id, template_sha256) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-                added = self._db.total_changes - before
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT" if keep() else "ROLLBACK")
-        except sqlite3.Error as error:
-            raise log_error(self.path, error) from None
-        return added
-
-    def status(self, campaign: str, email: str) -> Status | None:
-        """A recipient's state in a campaign (None if never registered)."""
-        return self.statuses(campaign, [email]).get(email.casefold())
-
-    def statuses(self, campaign: str, emails: list[str]) -> dict[str, Status]:
+    def statuses(self, campaign: str, emails: Sequence[str]) -> dict[str, Status]:
         """The states of these recipients, by casefolded address (the unregistered absent)."""
-        # prepare() and a dry run look up every letter: one look-up per address, in order.
-        rows = self._db.execute(
-            "SELECT l.email, l.status, l.run_id FROM json_each(?) AS j CROSS JOIN letters AS l "
-            "ON l.campaign = ? AND l.email = j.value",
-            (json.dumps([email.casefold() for email in emails]), campaign))
-        # UNFINISHED's test, in Python: reserved by a run, with no outcome from that run.
-        reserved = self._reserved_by(campaign)
-        return {email: Status.SENDING if reserved.get(email, run_id) != run_id
-                else _STATUSES[status] for email, status, run_id in rows}
+        ...
 
-    def _reserved_by(self, campaign: str) -> dict[str, int]:
-        """Every address of `campaign` in a reservation, with the run that made it."""
-        rows = self._db.execute(
-            "SELECT r.run_id, r.emails FROM reservations AS r JOIN runs ON runs.id = r.run_id "
-            "WHERE runs.campaign = ?", (campaign,))
-        return {email: run_id for run_id, emails in rows for email in json.loads(emails)}
+    def commit(self, run: Run, sending: Sequence[str], outcomes: Sequence[Outcome],
+               when: float) -> None:
+        """In one transaction, at Unix time `when`: renew the run's lease (LeaseLost if it
+        was taken over), mark these casefolded addresses ``sending``, record outcomes."""
+        ...
 
-    def _reserved(self, campaign: str) -> dict[str, Status]:
-        """The letters of `campaign` that a run reserved and has not finished (`sending`),
-        each with the state its row keeps."""
-        return {email: Status(status) for _, name, email, status in self._db.execute(UNFINISHED)
-                if name == campaign}
+    def end_run(self, run: Run, outcome: str, counts: Mapping[str, int]) -> None:
+        """Record how a run ended and give up its lease."""
+        ...
 
-    def end_run(self, run_id: int, outcome: str, counts: dict[str, int]) -> None:
-        """Record how a run ended."""
-        try:
-            with transaction(self._db) as db:
-                db.execute("UPDATE runs SET ended = ?, outcome = ?, counts = ? WHERE id = ?",
-                           (now(), outcome, json.dumps(counts), run_id))
-        except sqlite3.Error as error:
-            raise log_error(self.path, error) from None
+    # -- review -------------------------------------------------------------------------
 
-    # -- review -----------------------------------------------------------------------------
+    def campaigns(self) -> list[str]: ...
 
-    def campaigns(self) -> list[str]:
-        """Every campaign in the log, in the order they were first seen."""
-        rows = self._db.execute("SELECT campaign FROM runs GROUP BY campaign ORDER BY MIN(id)")
-        return [row[0] for row in rows]
-
-    def summary(self, campaign: str) -> CampaignSummary:
-        """Counts per state and first/last send time of a campaign."""
-        counts = Counter({Status(s): n for s, n in self._db.execute(
-            "SELECT status, COUNT(*) FROM letters WHERE campaign = ? GROUP BY status",
-            (campaign,))})
-        reserved = Counter(self._reserved(campaign).values())
-        counts = counts - reserved + Counter({Status.SENDING: reserved.total()})
-        first, last = self._db.execute(
-            "SELECT MIN(last_attempt), MAX(last_attempt) FROM letters "
-            "WHERE campaign = ? AND status = ?", (campaign, Status.SENT)).fetchone()
-        return CampaignSummary(campaign, counts, first, last)
+    def summary(self, campaign: str) -> CampaignSummary: ...
 
     def entries(self, campaign: str, statuses: Iterable[Status]) -> Iterator[Entry]:
         """Rows of a campaign in these states, in list order."""
-        wanted = set(statuses)
-        reserved = self._reserved(campaign)
-        rows = self._db.execute(
-            "SELECT email, campaign, address, line, status, attempts, first_attempt, "
-            "last_attempt, message_id, reply_code, reply_text FROM letters WHERE campaign = ? "
-            "AND status IN (SELECT value FROM json_each(?)) ORDER BY line, email",
-            (campaign, json.dumps([str(s) for s in wanted | set(reserved.values())])))
-        for email, *row in rows:
-            status = Status.SENDING if email in reserved else Status(row[3])
-            if status in wanted:
-                yield Entry(row[0], row[1], row[2], status, *row[4:])
+        ...
 
 
-def log_error(path: Path, error: BaseException) -> LogError:
-    text = str(error)
-    lowered = text.lower()
-    number = getattr(error, "errno", None)
-    read_only = "the file or its folder is read-only; make it writable or choose --log PATH"
-    full = "the disk is full; free some space or choose --log PATH on another disk"
-    if ("readonly" in lowered or "read-only" in lowered or isinstance(error, PermissionError)
-            or number in (errno.EROFS, errno.EACCES, errno.EPERM)):
-        hint = read_only
-    elif "full" in lowered or number == errno.ENOSPC:
-        hint = full
-    elif "locked" in lowered:
-        hint = "another program holds the database; close it and try again"
-    # SQLite reports a read-only folder as "unable to open database file" and a full disk as
-    # "disk I/O error" when its shared-memory file cannot be made: look at the disk.
-    elif not _writable(path):
-        hint = read_only
-    elif _nearly_full(path):
-        hint = full
-    else:
-        hint = "choose another file with --log PATH"
-    return LogError(f"send log {path}: {text}; {hint}")
+def open_log(location: Path, *, create: bool = True) -> SendLog:
+    """Open (creating or migrating) the send log at `location`."""
+    from .sqlitelog import SQLiteLog
 
-
-def _writable(path: Path) -> bool:
-    """Whether the log (if it exists) and its folder can be written (True if unsure)."""
-    folder = path.parent
-    try:
-        return (os.access(folder, os.W_OK)
-                and (not path.exists() or os.access(path, os.W_OK)))
-    except OSError:
-        return True  # no better explanation than SQLite's own
-
-
-def _nearly_full(path: Path) -> bool:
-    """Whether the log's disk has (almost) no room left: less than 1 MiB free."""
-    try:
-        return shutil.disk_usage(path.parent).free < 1 << 20
-    except OSError:
-        return False
+    return SQLiteLog.open(location, create=create)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import aiosmtplib
@@ -122,10 +122,13 @@ class Connection:
                 await self._smtp.quit()
         self.close()
 
-    async def send(self, letter: Letter, before_data: Callable[[], None]) -> Attempt:
-        """One try at one letter. `before_data` runs just before DATA.
+    async def send(self, letter: Letter,
+                   before_data: Callable[[Letter], Awaitable[None]]) -> Attempt:
+        """One try at one letter; `before_data` is awaited just before DATA (the letter
+        goes no further if it raises).
 
-        Fatal errors (login, TLS) raise; everything else is classified into an Attempt.
+        Fatal errors (login, TLS, the log's) raise; everything else is classified into an
+        Attempt.
         """
         if self._smtp is None or not self._smtp.is_connected:
             self.close()
@@ -149,7 +152,11 @@ class Connection:
             if len(refused) == len(letter.envelope):
                 await _reset(smtp)
                 return _reply(refused[0][1].code, refused[0][1].message)
-            before_data()
+            try:
+                await before_data(letter)
+            except BaseException:
+                self.close()  # mid-transaction: not to be reused
+                raise
             in_data = True
             response = await smtp.data(letter.data)
         except aiosmtplib.SMTPResponseException as error:

@@ -12,15 +12,16 @@ from typing import Any
 import pytest
 import trustme
 from aiosmtpd.smtp import AuthResult, LoginPassword
+from servers import Faults, RecordingHandler, start_server
 
 from mailer.cli import main
 from mailer.message import Letter
 from mailer.outcome import Status
 from mailer.recorder import Recorder
 from mailer.sender import Policy, Sender, SendSummary
-from mailer.sendlog import Entry, SendLog
+from mailer.sendlog import Entry, Listed, SendLog
 from mailer.settings import Rate, Settings
-from mailer.sink import Faults, RecordingHandler, start_sink
+from mailer.sqlitelog import SQLiteLog
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -135,7 +136,7 @@ def smtp_server(request: pytest.FixtureRequest) -> Iterator[Server]:
     misbehave."""
     marker = request.node.get_closest_marker("faults")
     handler = RecordingHandler(faults=marker.args[0] if marker else Faults())
-    controller = start_sink(handler)
+    controller = start_server(handler)
     yield Server(handler, controller.port)
     controller.stop()
 
@@ -170,8 +171,8 @@ def tls_server(ca: trustme.CA) -> Iterator[Server]:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
     handler = RecordingHandler()
-    controller = start_sink(handler, tls_context=context, require_starttls=True,
-                            authenticator=_authenticate, auth_required=True)
+    controller = start_server(handler, tls_context=context, require_starttls=True,
+                              authenticator=_authenticate, auth_required=True)
     yield Server(handler, controller.port)
     controller.stop()
 
@@ -188,6 +189,15 @@ def make_letters(count: int, domain: str = "example.org", start: int = 0) -> lis
     return letters
 
 
+def status_of(log: SendLog, campaign: str, email: str) -> Status | None:
+    """One recipient's state in a campaign (None if it was never registered)."""
+    return log.statuses(campaign, [email]).get(email.casefold())
+
+
+def listed(letters: list[Letter]) -> list[Listed]:
+    return [Listed(letter.email, letter.line, letter.message_id) for letter in letters]
+
+
 @dataclass
 class LoggedSend:
     """A sender run recorded in a real send log, for tests that check both ends."""
@@ -196,7 +206,7 @@ class LoggedSend:
     log: SendLog
 
     def status(self, letter: Letter) -> Status | None:
-        return self.log.status("test", letter.email)
+        return status_of(self.log, "test", letter.email)
 
     def entry(self, letter: Letter) -> Entry:
         return next(e for e in self.log.entries("test", list(Status))
@@ -206,6 +216,14 @@ class LoggedSend:
 FAST = Policy(backoff=0.01, max_backoff=0.05)
 
 
+async def send_all(sender: Sender, letters: list[Letter],
+                   stop: asyncio.Event | None = None) -> SendSummary:
+    """Run `sender` over `letters` to the end; its summary."""
+    async for _ in sender.send(letters, stop or asyncio.Event()):
+        pass
+    return sender.summary
+
+
 @pytest.fixture
 def send_logged(tmp_path: Path) -> Iterator[Callable[..., LoggedSend]]:
     """Send letters with `Sender` into a fresh send log at tmp_path/log.sqlite3."""
@@ -213,16 +231,19 @@ def send_logged(tmp_path: Path) -> Iterator[Callable[..., LoggedSend]]:
 
     def run(settings: Settings, letters: list[Letter], policy: Policy = FAST,
             stop: asyncio.Event | None = None) -> LoggedSend:
-        log = SendLog.open(tmp_path / "log.sqlite3")
+        log = SQLiteLog.open(tmp_path / "log.sqlite3")
         logs.append(log)
-        run_id = log.begin_run("test", settings.public(), "template-hash")
-        log.register("test", letters, "template-hash")
-        recorder = Recorder(log, "test", run_id)
+        run = log.begin_run("test", settings.public(), "template-hash")
+        log.register("test", listed(letters), "template-hash")
+
+        async def main() -> SendSummary:
+            async with Recorder(log, run) as recorder:
+                return await send_all(Sender(settings, recorder, policy=policy), letters, stop)
+
         try:
-            sender = Sender(settings, recorder, policy=policy)
-            return LoggedSend(asyncio.run(sender.run(letters, stop)), log)
+            return LoggedSend(asyncio.run(main()), log)
         finally:
-            recorder.close()
+            log.end_run(run, "completed", {})
 
     yield run
     for log in logs:

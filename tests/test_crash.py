@@ -1,14 +1,16 @@
 """Real `mailer send` processes killed, interrupted, or given a log they cannot write.
 
-A SIGKILL can land anywhere: while letters are rendered or registered, between a letter's
-reservation and its DATA, while the server holds a letter and has not answered, while an
-outcome waits for its commit. Whatever the moment, the log must know enough that a resume
-neither loses a letter nor sends one twice without saying so (`unknown`). The randomness is
-seeded; the seed is printed and can be set with MAILER_CRASH_SEED to replay a failure.
+A SIGKILL can land anywhere: while letters are built or registered, before a letter's mark,
+between its mark and its DATA, while the server holds it and has not answered, after the
+reply and before the outcome's commit. Whatever the moment, the log must know enough that a
+resume neither loses a letter nor sends one twice without saying so (`unknown`). The
+randomness is seeded; the seed is printed and can be set with MAILER_CRASH_SEED to replay a
+failure.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -22,26 +24,26 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from functools import partial
 from pathlib import Path
 
 import pytest
 from conftest import CampaignFiles, Result, Server
+from servers import RecordingHandler
 
 from mailer.outcome import Status
-from mailer.sendlog import SendLog
-from mailer.sink import Received, RecordingHandler
+from mailer.sink import Received
+from mailer.sqlitelog import SQLiteLog
 
 Run = Callable[..., Result]
 
 SEED = int(os.environ.get("MAILER_CRASH_SEED") or time.time_ns() % 1_000_000_007)
 # Enough that no kill comes after its run has sent them all: at RATE, a "start" kill costs
-# at most about 85 letters, a "data" kill 30, an "after" kill about 55.
+# at most about 85 letters, the others at most 30 each.
 LETTERS = 360
 RATE = "150/s"
 LOG = "mailer-log.sqlite3"
-READ_ONLY_HINT = "; the file or its folder is read-only; make it writable or choose --log PATH\n"
-FULL_HINT = "; the disk is full; free some space or choose --log PATH on another disk\n"
+READ_ONLY_HINT = "; the file or its folder is read-only; make it writable, then run again\n"
+FULL_HINT = "; the disk is full; free some space, then run again\n"
 
 
 @pytest.fixture
@@ -64,8 +66,9 @@ def _all_addresses(files: CampaignFiles) -> set[str]:
     return {line.split(",")[0] for line in lines}
 
 
-def _start_send(root: Path, *extra: str, rate: str = RATE) -> subprocess.Popen[str]:
-    env = {**os.environ, "MAILER_RATE": rate}
+def _start_send(root: Path, *extra: str, rate: str = RATE,
+                connections: str = "4") -> subprocess.Popen[str]:
+    env = {**os.environ, "MAILER_RATE": rate, "MAILER_CONCURRENCY": connections}
     return subprocess.Popen([sys.executable, "-m", "mailer", "send", "--yes", *extra],
                             cwd=root, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -82,29 +85,12 @@ def _statuses(root: Path) -> dict[str, str]:
             return {}
     finally:
         db.close()
-    log = SendLog.open(root / LOG, create=False)
+    log = SQLiteLog.open(root / LOG, create=False)
     try:
         return {entry.address: entry.status for campaign in log.campaigns()
                 for entry in log.entries(campaign, Status)}
     finally:
         log.close()
-
-
-def _wait_for(condition: Callable[[], bool], process: subprocess.Popen[str],
-              what: str) -> None:
-    deadline = time.monotonic() + 30
-    while not condition():
-        if process.poll() is not None:
-            raise AssertionError(f"mailer exited ({process.returncode}) before {what}: "
-                                 f"{process.communicate()}")
-        if time.monotonic() > deadline:
-            process.kill()
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.002)
-
-
-def _more_than(handler: RecordingHandler, count: int) -> bool:
-    return len(handler.messages) > count
 
 
 def _invariants_after_a_stop(root: Path, counts: Counter[str], note: str) -> dict[str, str]:
@@ -119,42 +105,79 @@ def _invariants_after_a_stop(root: Path, counts: Counter[str], note: str) -> dic
     return statuses
 
 
-# How each kill is timed. "start": a random time after the process started (importing,
-# rendering, registering, turning the last run's `sending` into `unknown`, connecting).
-# "data": from inside the server, on receiving the run's k-th letter, before answering it.
-# "after": a random time after the run's first letter arrived.
-KILLS = ["start", "data", "after", "start", "data", "after"]
+# How each kill is timed, and what the letter it hits must be left as. "start": a random time
+# after the process started (importing, building, registering, settling the last run,
+# connecting). The others act on the run's k-th letter, from inside the server: "mark" on its
+# RCPT (before the client can mark it), "data" on its DATA command (marked, and the letter not
+# yet sent), "held" once the server has the letter and has not answered, "replied" 5 ms after
+# the reply (sent one at a time at 5/s, so no other letter's mark carries its outcome).
+KILLS = ["start", "mark", "data", "held", "replied", "start", "mark", "data", "held",
+         "replied"]
+LEFT_AS = {"mark": "pending", "data": "sending", "held": "sending", "replied": "sending"}
 
 
-def test_a_send_killed_at_random_moments_loses_and_silently_repeats_nothing(
+def _arm(handler: RecordingHandler, mode: str, at: int, process: subprocess.Popen[str]
+         ) -> Callable[[], str | None]:
+    """Make the server kill `process` on the run's `at`-th letter, as `mode` says; return
+    what tells the letter it hit."""
+    hit: list[str] = []
+
+    def kill(address: str) -> None:
+        hit.append(address.lower())
+        if mode == "replied":  # the reply goes out as this returns
+            asyncio.get_running_loop().call_later(0.005, os.kill, process.pid, signal.SIGKILL)
+        else:
+            os.kill(process.pid, signal.SIGKILL)
+
+    rcpts: list[str] = []
+    messages = len(handler.messages)
+
+    def on_rcpt(address: str) -> None:
+        rcpts.append(address)
+        if mode == "mark" and len(rcpts) == at:
+            kill(address)
+
+    def on_data_command() -> None:
+        if mode == "data" and len(rcpts) == at:
+            kill(rcpts[-1])
+
+    def on_message(message: Received) -> None:
+        if mode in ("held", "replied") and len(handler.messages) - messages == at:
+            kill(message.rcpt_tos[0])
+
+    handler.on_rcpt, handler.on_data_command, handler.on_message = \
+        on_rcpt, on_data_command, on_message
+    return lambda: hit[0] if hit else None
+
+
+def _disarm(handler: RecordingHandler) -> None:
+    handler.on_rcpt = handler.on_data_command = handler.on_message = None
+
+
+def test_a_send_killed_at_any_point_of_a_letters_life_loses_and_silently_repeats_nothing(
         campaign: Server, files: CampaignFiles, run: Run,
         capsys: pytest.CaptureFixture[str]) -> None:
     handler = campaign.handler
     rng = random.Random(SEED)
     for number, mode in enumerate(KILLS, start=1):
         base = len(handler.messages)
-        process = _start_send(files.root)
-        if mode == "data":
-            # Within what is left to send, with room for letters an earlier kill left unknown.
-            left = LETTERS - len(handler.by_recipient())
-            at = base + rng.randint(1, min(30, left // 2))
-            killed_at = f"on receiving letter {at - base} of the run"
-
-            def kill_in_data(message: Received, at: int = at,
-                             process: subprocess.Popen[str] = process) -> None:
-                if len(handler.messages) == at:
-                    os.kill(process.pid, signal.SIGKILL)
-
-            handler.on_message = kill_in_data
-        else:
-            if mode == "after":
-                _wait_for(partial(_more_than, handler, base), process, "the first letter")
-            delay = rng.uniform(0.0, 0.25) if mode == "after" else rng.uniform(0.1, 0.9)
-            killed_at = f"{delay:.3f}s after {'its first letter' if mode == 'after' else 'start'}"
+        slow = mode == "replied"
+        process = _start_send(files.root, rate="5/s" if slow else RATE,
+                              connections="1" if slow else "4")
+        hit: Callable[[], str | None] = lambda: None  # noqa: E731
+        if mode == "start":
+            delay = rng.uniform(0.1, 0.9)
+            killed_at = f"{delay:.3f}s after start"
             time.sleep(delay)
             process.send_signal(signal.SIGKILL)
-        process.communicate(timeout=30)
-        handler.on_message = None
+        else:
+            at = rng.randint(1, 5 if slow else 30)
+            killed_at = f"at letter {at} of the run"
+            hit = _arm(handler, mode, at, process)
+        try:
+            process.communicate(timeout=30)
+        finally:
+            _disarm(handler)
         note = f"seed {SEED}, kill {number} ({mode}): {killed_at}"
         with capsys.disabled():
             print(f"\n{note}; {len(handler.messages) - base} letters arrived in that run")
@@ -163,8 +186,11 @@ def test_a_send_killed_at_random_moments_loses_and_silently_repeats_nothing(
         statuses = _invariants_after_a_stop(files.root, counts, note)
         assert len(counts) < LETTERS, note
         assert max(counts.values(), default=1) == 1, note  # nothing unknown was resent
-        if mode == "data":  # the letter the server was holding, unanswered, is in flight
-            assert statuses[handler.messages[at - 1].rcpt_tos[0]] == "sending", note
+        address = hit()
+        if mode != "start":
+            assert address is not None, note
+            assert statuses[address] == LEFT_AS[mode], (note, address)
+            assert (address in counts) == (mode in ("held", "replied")), (note, address)
 
     unknown = _resume_to_the_end(handler, files, run, f"seed {SEED}")
     with capsys.disabled():
@@ -177,9 +203,8 @@ def _resume_to_the_end(handler: RecordingHandler, files: CampaignFiles, run: Run
                        note: str) -> set[str]:
     """Resume a stopped campaign in-process, as a user would, checking every step; return the
     addresses the log called unknown."""
-    # A plain resume settles what the last kill left `sending` from its in-flight journal,
-    # then sends the rest. It lists, but does not resend, every letter that may have
-    # arrived; what was only reserved is sent.
+    # A plain resume makes what the last kill left `sending` unknown, then sends the rest:
+    # it lists, but does not resend, every letter that may have arrived.
     before = _statuses(files.root)
     in_flight = {a for a, s in before.items() if s in ("sending", "unknown")}
     arrived_unrecorded = set(handler.by_recipient()) - {a for a, s in before.items()
@@ -367,22 +392,43 @@ def test_a_full_disk_under_an_existing_log_stops_the_send_before_any_letter(
     assert len(server_env.handler.messages) == 1
 
 
+def test_a_disk_without_room_for_the_run_refuses_it_before_any_letter(
+        campaign: Server, files: CampaignFiles) -> None:
+    (files.root / "disk").mkdir()
+    result = _unshare("mount -t tmpfs -o size=320k tmpfs disk || exit 99; exec "
+                      + " ".join(SEND) + " --log disk/log.sqlite3", cwd=files.root)
+    assert result.returncode == 2, result
+    assert re.fullmatch(r"error: send log disk/log.sqlite3: its disk has 0\.\d MB free, and "
+                        r"this run needs about 9 MB to record its letters; free some space, "
+                        r"then run mailer send again\n", result.stderr), result.stderr
+    assert campaign.handler.messages == []
+
+
 def test_a_disk_that_fills_during_a_send_stops_it_and_the_log_still_knows(
         campaign: Server, files: CampaignFiles, run: Run) -> None:
     """The log's disk fills after some letters: the run stops with a clear error, and what
     the log holds (copied off the full disk) is enough for an exact resume."""
     (files.root / "disk").mkdir()
-    script = ("mount -t tmpfs -o size=320k tmpfs disk || exit 99; "
-              + " ".join(SEND) + " --log disk/log.sqlite3; code=$?; "
+
+    def fill_at_twenty(message: Received) -> None:
+        if len(campaign.handler.messages) == 20:
+            (files.root / "fill").touch()
+
+    campaign.handler.on_message = fill_at_twenty
+    script = ("mount -t tmpfs -o size=16m tmpfs disk || exit 99; "
+              "(while [ ! -e fill ]; do sleep 0.005; done; "
+              "dd if=/dev/zero of=disk/filler bs=4k 2>/dev/null) & "
+              + " ".join(SEND) + " --log disk/log.sqlite3; code=$?; wait; "
               f"cp disk/log.sqlite3 {LOG}; "
               f"if [ -e disk/log.sqlite3-wal ]; then cp disk/log.sqlite3-wal {LOG}-wal; fi; "
               "exit $code")
     result = _unshare(script, cwd=files.root)
+    campaign.handler.on_message = None
     assert result.returncode == 2, result
     assert result.stderr.startswith("error: send log disk/log.sqlite3: "), result.stderr
     assert result.stderr.endswith(FULL_HINT), result.stderr
     assert result.stderr.count("\n") == 1, result.stderr  # no traceback
     counts = campaign.handler.by_recipient()
-    assert 0 < len(counts) < LETTERS
+    assert 20 <= len(counts) < LETTERS
     _invariants_after_a_stop(files.root, counts, "disk full")
     _resume_to_the_end(campaign.handler, files, run, "disk full")

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import PASSWORD, USER, CampaignFiles, Result, Server
-
-from mailer.sink import Faults
+from servers import Faults
 
 Run = Callable[..., Result]
 

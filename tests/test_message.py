@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from mailer.campaign import Campaign
+from mailer.errors import Problem
 from mailer.message import Letter, LetterBuilder, message_id
 from mailer.recipients import Recipient
 from mailer.settings import Settings
@@ -46,10 +47,9 @@ def build(files: CampaignFiles, settings: Settings, rows: list[dict[str, str]], 
     """Every letter of a campaign over `rows` and `template`, and every problem."""
     write_csv(files, rows)
     files.write_template(template, html)
-    found = Campaign(settings, CSV, TEMPLATE, name=campaign)
-    recipients = found.recipients()
-    letters = list(found.letters(recipients))
-    return letters, [str(problem) for problem in recipients.problems]
+    items = list(Campaign(settings, CSV, TEMPLATE, name=campaign).build())
+    return ([item for item in items if isinstance(item, Letter)],
+            [str(item) for item in items if not isinstance(item, Letter)])
 
 
 def parse(letter: Letter) -> EmailMessage:
@@ -458,9 +458,7 @@ def test_message_id_differs_across_campaigns_and_recipients(files: CampaignFiles
 def test_every_letter_of_the_sample_campaign_parses_back_and_matches_its_row(
         settings: Settings) -> None:
     campaign = Campaign(settings, REPO / "recipients.csv", REPO / "templates" / "letter.txt")
-    recipients = campaign.recipients()
-    letters = list(campaign.letters(recipients))
-    assert recipients.problems == []
+    letters = list(campaign.letters())
     with (REPO / "recipients.csv").open(encoding="utf-8-sig", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert len(letters) == len(rows) > 0
@@ -478,7 +476,7 @@ def test_every_letter_of_the_sample_campaign_parses_back_and_matches_its_row(
 @pytest.mark.parametrize("name", ["Jürgen Müller", "Liam O'Connor", "Étienne Marchand"])
 def test_sample_campaign_names_survive_encoding(settings: Settings, name: str) -> None:
     campaign = Campaign(settings, REPO / "recipients.csv", REPO / "templates" / "letter.txt")
-    letters = [parse(letter) for letter in campaign.letters(campaign.recipients())]
+    letters = [parse(letter) for letter in campaign.letters()]
     names = [m["To"].addresses[0].display_name for m in letters]
     assert any(shown.endswith(" " + name) for shown in names)
 
@@ -488,6 +486,6 @@ def test_an_attachment_outside_the_template_folder_is_refused(files: CampaignFil
     files.write_csv("email,name,doc\nada@example.org,Ada,../../etc/hostname\n")
     files.write_template("Subject: s\nAttachment: {{ doc }}\n\nHello {{ name }}\n")
     campaign = Campaign(settings, files.recipients, files.template)
-    recipients = campaign.recipients()
-    assert list(campaign.letters(recipients)) == []
-    assert "is outside the template's folder" in recipients.problems[0].message
+    [problem] = campaign.build()
+    assert isinstance(problem, Problem)
+    assert "is outside the template's folder" in problem.message

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import sqlite3
 from collections.abc import Callable
@@ -9,14 +10,13 @@ from pathlib import Path
 
 import pytest
 from conftest import SIMPLE_TEMPLATE, CampaignFiles, Result, Server
+from servers import Faults
 
-from mailer import sender
 from mailer.campaign import Campaign
-from mailer.delivery import Delivery, Plan, SendOptions
+from mailer.delivery import Delivery, SendOptions
 from mailer.message import Letter
 from mailer.recipients import Recipient
-from mailer.sendlog import SendLog
-from mailer.sink import Faults
+from mailer.sqlitelog import SQLiteLog
 
 Run = Callable[..., Result]
 
@@ -75,7 +75,7 @@ def test_the_campaign_is_named_after_the_template_file(server_env: Server, run: 
     result = run("send", "--yes", "--template", "templates/appeal.txt")
     assert result.code == 0, result.err
     assert result.out.splitlines()[0] == "Campaign 'appeal': 2 letters to send."
-    log = SendLog.open(files.root / LOG)
+    log = SQLiteLog.open(files.root / LOG)
     try:
         assert log.campaigns() == ["appeal"]
     finally:
@@ -122,10 +122,17 @@ def test_a_rerun_sends_deferred_and_lists_failed_and_unknown(mixed: Server, run:
     assert _rows(files.root)["busy@example.org"] == ("sent", 2)
 
 
+def _send(delivery: Delivery) -> None:
+    async def main() -> None:
+        async for _ in delivery.send(asyncio.Event()):
+            pass
+
+    asyncio.run(main())
+
+
 def test_a_rerun_renders_only_the_letters_it_sends(mixed: Server, files: CampaignFiles,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     campaign = Campaign(mixed.settings(), files.recipients, files.template)
-    delivery = Delivery(campaign, files.root / LOG, SendOptions())
     built: list[str] = []
     build = campaign.builder.build
 
@@ -133,12 +140,11 @@ def test_a_rerun_renders_only_the_letters_it_sends(mixed: Server, files: Campaig
         built.append(recipient.email)
         return build(recipient, **options)
 
-    try:
-        assert delivery.prepare().due == 1
+    log = SQLiteLog.open(files.root / LOG)
+    with log, Delivery(campaign, log, SendOptions()) as delivery:
+        assert delivery.plan.due == 1
         monkeypatch.setattr(campaign.builder, "build", counted)
-        sender.run(delivery.send())
-    finally:
-        delivery.close()
+        _send(delivery)
     assert built == ["busy@example.org"]
     assert mixed.handler.by_recipient()["busy@example.org"] == 1
 
@@ -212,24 +218,22 @@ def test_an_address_listed_twice_gets_one_letter_with_allow_duplicates(
     assert b"Dear Dr Ada," in server_env.handler.messages[0].data  # the first row's letter
 
 
-def test_a_second_send_on_a_locked_log_refuses_to_start(server_env: Server, run: Run,
-                                                        files: CampaignFiles) -> None:
-    holder = SendLog.open(files.root / LOG)
-    holder.lock()
+def test_a_second_send_on_a_leased_log_refuses_to_start(server_env: Server, run: Run,
+                                                         files: CampaignFiles) -> None:
+    holder = SQLiteLog.open(files.root / LOG)
+    lease = holder.begin_run("other", {}, "hash")
     try:
         result = run("send", "--yes")
     finally:
+        holder.end_run(lease, "completed", {})
         holder.close()
     assert result.code == 2
-    assert result.err == (f"error: another mailer send is using {LOG}; wait for it to finish "
-                          "(or stop it) before starting another\n")
+    assert result.err.startswith(f"error: another mailer send is using {LOG}: run 1 (pid ")
+    assert result.err.endswith("); wait for it to finish, or stop it, before starting another\n")
     assert result.out == ""
     assert server_env.handler.messages == []
     assert _rows(files.root) == {}
-    db = sqlite3.connect(files.root / LOG)
-    assert db.execute("SELECT COUNT(*) FROM runs").fetchone() == (0,)
-    db.close()
-    assert run("send", "--yes").code == 0  # the lock went with its holder
+    assert run("send", "--yes").code == 0  # the lease went with its holder
 
 
 def test_a_dry_run_shows_what_a_live_run_would_skip_and_why(mixed: Server, run: Run,
@@ -259,17 +263,15 @@ def test_a_dry_run_with_the_resend_flags_plans_those_letters_too(mixed: Server,
 def test_a_dry_run_leaves_the_log_as_it_was(mixed: Server, run: Run,
                                             files: CampaignFiles) -> None:
     db = sqlite3.connect(files.root / LOG)
-    # As a run killed while sending it leaves the deferred letter: reserved, unfinished.
-    run_id = db.execute("INSERT INTO runs (campaign, started, settings) VALUES "
-                        "('letter', '2026-11-25T05:00:00.000+00:00', '{}')").lastrowid
-    db.execute("INSERT INTO reservations VALUES (?, 1, '[\"busy@example.org\"]')", (run_id,))
+    # As a run killed while sending it leaves the deferred letter: marked, unfinished.
+    db.execute("UPDATE letters SET status = 'sending' WHERE address = 'busy@example.org'")
     db.commit()
     db.close()
     before = (files.root / LOG).read_bytes()
     result = run("send", "--dry-run")
     assert "  busy@example.org: sending\n" in result.out
     assert (files.root / LOG).read_bytes() == before
-    assert _rows(files.root)["busy@example.org"] == ("deferred", 1)
+    assert _rows(files.root)["busy@example.org"] == ("sending", 1)
 
 
 def test_a_dry_run_without_a_log_creates_none(files: CampaignFiles, run: Run) -> None:
@@ -284,37 +286,14 @@ def test_a_row_added_to_the_list_after_the_check_waits_for_the_next_run(
         smtp_server: Server, files: CampaignFiles, run: Run, server_env: Server) -> None:
     # `mailer send` asks before sending: the list may be edited while it waits.
     campaign = Campaign(smtp_server.settings(), files.recipients, files.template)
-    delivery = Delivery(campaign, files.root / LOG, SendOptions())
-    try:
-        assert delivery.prepare().due == 2
+    log = SQLiteLog.open(files.root / LOG)
+    with log, Delivery(campaign, log, SendOptions()) as delivery:
+        assert delivery.plan.due == 2
         with files.recipients.open("a", encoding="utf-8") as csv:
             csv.write("late@example.org,Ms,Late Comer,FR\n")
-        summary = sender.run(delivery.send())
-    finally:
-        delivery.close()
-    assert summary.unregistered == 1
+        _send(delivery)
     assert "late@example.org" not in smtp_server.handler.by_recipient()
     result = run("send", "--yes")
     assert result.code == 0, result.err
     assert smtp_server.handler.by_recipient()["late@example.org"] == 1
     assert _rows(files.root)["late@example.org"] == ("sent", 1)
-
-
-def test_send_says_which_letters_the_list_gained_after_the_check_and_exits_1(
-        server_env: Server, files: CampaignFiles, run: Run,
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    prepare = Delivery.prepare
-
-    def prepare_then_edit(delivery: Delivery) -> Plan:
-        plan = prepare(delivery)
-        with files.recipients.open("a", encoding="utf-8") as csv:
-            csv.write("late@example.org,Ms,Late Comer,FR\n")
-        return plan
-
-    monkeypatch.setattr(Delivery, "prepare", prepare_then_edit)
-    result = run("send", "--yes")
-    assert result.code == 1
-    assert result.out.splitlines()[-1] == (
-        "Not sent: 1 letter that the list gained after it was checked; run mailer send again "
-        "to check and send them.")
-    assert "late@example.org" not in server_env.handler.by_recipient()

@@ -7,8 +7,7 @@ from collections.abc import Callable
 
 import pytest
 from conftest import CampaignFiles, Result, Server
-
-from mailer.sink import Faults
+from servers import Faults
 
 Run = Callable[..., Result]
 

@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
-from conftest import FAST, LoggedSend, Server, make_letters
+from conftest import FAST, LoggedSend, Server, listed, make_letters, send_all, status_of
+from servers import Faults
 
 from mailer.errors import ConfigError, TooManyFailures
 from mailer.message import Letter
-from mailer.outcome import Status
+from mailer.outcome import Outcome, Status
 from mailer.recorder import Recorder
-from mailer.sender import NoLog, Policy, Sender
-from mailer.sendlog import SendLog
-from mailer.settings import Rate
-from mailer.sink import Faults, Received
+from mailer.sender import Policy, Sender
+from mailer.sendlog import Run
+from mailer.settings import Settings
+from mailer.sink import Received
+from mailer.sqlitelog import SQLiteLog
 
 Send = Callable[..., LoggedSend]
 
@@ -122,13 +124,13 @@ def test_too_many_failures_in_a_row_pause_the_run(smtp_server: Server,
     assert smtp_server.handler.messages == []
 
 
-def test_a_letter_is_reserved_on_disk_before_its_data(smtp_server: Server, send_logged: Send,
-                                                      tmp_path: Path) -> None:
+def test_a_letter_is_sending_on_disk_before_its_data(smtp_server: Server, send_logged: Send,
+                                                    tmp_path: Path) -> None:
     seen: list[Status | None] = []
 
     def read_log(message: Received) -> None:
-        log = SendLog.open(tmp_path / "log.sqlite3", create=False)
-        seen.append(log.status("test", message.rcpt_tos[0]))
+        log = SQLiteLog.open(tmp_path / "log.sqlite3", create=False)
+        seen.append(status_of(log, "test", message.rcpt_tos[0]))
         log.close()
 
     smtp_server.handler.on_message = read_log
@@ -136,83 +138,70 @@ def test_a_letter_is_reserved_on_disk_before_its_data(smtp_server: Server, send_
     assert seen == [Status.SENDING] * 5
 
 
-@pytest.mark.parametrize("rate", [
-    pytest.param(Rate(20), id="at 20 letters a second"),
-    pytest.param(Rate(0), id="unlimited, to a server taking 50 ms a letter",
-                 marks=pytest.mark.faults(Faults(slow_mail=0.05, slow_mail_times=1000)))])
-def test_a_send_reserves_only_a_tenth_of_a_second_of_letters_ahead(
-        rate: Rate, smtp_server: Server, send_logged: Send, tmp_path: Path) -> None:
-    # Every reserved letter is `unknown` after a power cut: at 20 letters a second, a tenth
-    # of a second is two letters, and the queue holds at least two per connection.
-    reserved: list[int] = []
+class _CountedLog(SQLiteLog):
+    """A real log that counts its commits, and what each marks."""
 
-    def count_reserved(message: Received) -> None:
-        log = SendLog.open(tmp_path / "log.sqlite3", create=False)
-        reserved.append(log.summary("test").counts.get(Status.SENDING, 0))
-        log.close()
+    marks: list[int]
 
-    smtp_server.handler.on_message = count_reserved
-    send_logged(smtp_server.settings(concurrency=1, rate=rate), make_letters(12))
-    assert len(reserved) == 12
-    assert max(reserved) <= 4
+    def commit(self, run: Run, sending: Sequence[str], outcomes: Sequence[Outcome],
+               when: float) -> None:
+        self.marks.append(len(sending))
+        super().commit(run, sending, outcomes, when)
 
 
-class _CountingReservations(NoLog):
-    def __init__(self) -> None:
-        self.sizes: list[int] = []
+def _counted_send(tmp_path: Path, settings: Settings, letters: list[Letter]) -> list[int]:
+    log = _CountedLog.open(tmp_path / "log.sqlite3")
+    assert isinstance(log, _CountedLog)
+    log.marks = []
+    run = log.begin_run("test", {}, "hash")
+    log.register("test", listed(letters), "hash")
 
-    def reserve(self, letters: Sequence[Letter]) -> asyncio.Future[None]:
-        self.sizes.append(len(letters))
-        return super().reserve(letters)
+    async def main() -> None:
+        async with Recorder(log, run) as recorder:
+            await send_all(Sender(settings, recorder, policy=FAST), letters)
 
-
-def test_letters_are_reserved_a_batch_at_a_time_at_16_connections(smtp_server: Server) -> None:
-    # Each reservation is a commit (an fsync). Topping up the queue whenever a worker might
-    # be short of a letter once reserved letters one at a time: 3,000 commits for 10,000.
-    recorder = _CountingReservations()
-    settings = smtp_server.settings(concurrency=16)
-    asyncio.run(Sender(settings, recorder, policy=FAST).run(make_letters(400)))
-    assert sum(recorder.sizes) == 400
-    # Half of what may be queued, two letters per connection, but for the list's end.
-    assert [size for size in recorder.sizes[:-1] if size < 16] == [], recorder.sizes
+    asyncio.run(main())
+    log.close()
+    return log.marks
 
 
-def test_a_send_keeps_only_the_reservations_of_letters_without_an_outcome(
-        smtp_server: Server, send_logged: Send, tmp_path: Path) -> None:
-    # The log's readers look at every reservation left: they must not pile up over a run.
-    rows: list[int] = []
-
-    def count_reservations(message: Received) -> None:
-        db = sqlite3.connect(tmp_path / "log.sqlite3")
-        rows.append(db.execute("SELECT COUNT(*) FROM reservations").fetchone()[0])
-        db.close()
-
-    smtp_server.handler.on_message = count_reservations
-    send_logged(smtp_server.settings(concurrency=1), make_letters(300))
-    assert len(rows) == 300
-    assert max(rows[100:]) <= 6  # what is queued, reserved in halves, and what is in flight
+def test_marks_asked_for_during_a_commit_share_the_next_one(smtp_server: Server,
+                                                            tmp_path: Path) -> None:
+    marks = _counted_send(tmp_path, smtp_server.settings(concurrency=16), make_letters(400))
+    assert sum(marks) == 400
+    assert len(marks) < 400  # each commit is an fsync: 16 connections need not pay 16
 
 
-def test_the_in_flight_journal_names_a_letter_before_its_data(
-        smtp_server: Server, send_logged: Send, tmp_path: Path) -> None:
-    journal = tmp_path / "log.sqlite3.inflight"
-    seen: list[bool] = []
+def test_an_outcome_is_on_disk_soon_after_its_reply_with_no_mark_to_carry_it(
+        smtp_server: Server, tmp_path: Path) -> None:
+    letters = make_letters(1)
+    log = SQLiteLog.open(tmp_path / "log.sqlite3")
+    run = log.begin_run("test", {}, "hash")
+    log.register("test", listed(letters), "hash")
+    other = SQLiteLog.open(tmp_path / "log.sqlite3")
 
-    def read_journal(message: Received) -> None:
-        seen.append(f"\n{message.rcpt_tos[0]} " in journal.read_text(encoding="ascii"))
+    async def main() -> float:
+        async with Recorder(log, run) as recorder:
+            sender = Sender(smtp_server.settings(), recorder, policy=FAST)
+            async for _ in sender.send(letters, asyncio.Event()):
+                replied = time.monotonic()
+                while status_of(other, "test", letters[0].email) != Status.SENT:
+                    await asyncio.sleep(0.005)
+                return time.monotonic() - replied
+        raise AssertionError("no outcome")
 
-    smtp_server.handler.on_message = read_journal
-    send_logged(smtp_server.settings(concurrency=1), make_letters(5))
-    assert seen == [True] * 5
-    assert not journal.exists()  # the run ended: its journal has nothing left to say
+    waited = asyncio.run(main())
+    log.close()
+    other.close()
+    assert waited < Recorder.LINGER + 0.1
 
 
 def test_a_stop_finishes_letters_in_flight_and_leaves_the_rest_pending(
         smtp_server: Server, tmp_path: Path) -> None:
     letters = make_letters(50)
-    log = SendLog.open(tmp_path / "log.sqlite3")
-    run_id = log.begin_run("test", {}, "hash")
-    log.register("test", letters, "hash")
+    log = SQLiteLog.open(tmp_path / "log.sqlite3")
+    run = log.begin_run("test", {}, "hash")
+    log.register("test", listed(letters), "hash")
 
     async def main() -> bool:
         loop = asyncio.get_running_loop()
@@ -223,13 +212,13 @@ def test_a_stop_finishes_letters_in_flight_and_leaves_the_rest_pending(
                 loop.call_soon_threadsafe(stop.set)
 
         smtp_server.handler.on_message = stop_at_five
-        sender = Sender(smtp_server.settings(concurrency=1), Recorder(log, "test", run_id),
-                        policy=FAST)
-        return (await sender.run(letters, stop)).interrupted
+        async with Recorder(log, run) as recorder:
+            sender = Sender(smtp_server.settings(concurrency=1), recorder, policy=FAST)
+            return (await send_all(sender, letters, stop)).interrupted
 
     assert asyncio.run(main())
     received = len(smtp_server.handler.messages)
-    statuses = [log.status("test", letter.email) for letter in letters]
+    statuses = [status_of(log, "test", letter.email) for letter in letters]
     log.close()
     assert 5 <= received <= 6
     assert statuses[:received] == [Status.SENT] * received
@@ -240,4 +229,4 @@ def test_a_password_is_never_sent_in_clear_to_another_machine(smtp_server: Serve
     settings = smtp_server.settings(smtp_host="mail.example.org", smtp_security="none",
                                     smtp_username="organiser", smtp_password="secret")
     with pytest.raises(ConfigError, match="refusing to send the password"):
-        Sender(settings, NoLog())
+        Sender(settings)

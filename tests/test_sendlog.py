@@ -1,34 +1,30 @@
-"""The send log itself: a real SQLite file, its schema, its rows, its lock."""
+"""The send log itself: a real SQLite file, its schema, marks, settling, lease, migrations."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
-import json
-import marshal
+import os
+import shutil
+import socket
 import sqlite3
 import subprocess
-import sys
-import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from conftest import LoggedSend, Server, make_letters
-from hypothesis import given
-from hypothesis import strategies as st
+from conftest import REPO, LoggedSend, Server, listed, make_letters, status_of
+from servers import Faults
 
-from mailer import journal, logwriter
-from mailer.errors import LogError, LogLocked
+from mailer.errors import LeaseLost, LogError, LogLocked
 from mailer.message import Letter
 from mailer.outcome import Outcome, Status
 from mailer.recorder import Recorder
-from mailer.sendlog import _MIGRATIONS, SendLog
-from mailer.sink import Faults
+from mailer.sendlog import Run, stamp
+from mailer.sqlitelog import SQLiteLog
 
 Send = Callable[..., LoggedSend]
+DATA = REPO / "tests" / "data"
 
 
 def _query(path: Path, sql: str, *parameters: object) -> list[tuple[object, ...]]:
@@ -40,39 +36,57 @@ def _query(path: Path, sql: str, *parameters: object) -> list[tuple[object, ...]
         db.close()
 
 
-def test_a_new_log_is_sqlite_in_wal_mode_with_schema_version_4(tmp_path: Path) -> None:
+def _dead_pid() -> int:
+    """The pid of a process that has ended (and been reaped)."""
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
+
+
+def _begin(path: Path, letters: list[Letter]) -> tuple[SQLiteLog, Run]:
+    log = SQLiteLog.open(path)
+    run = log.begin_run("c", {}, "hash")
+    log.register("c", listed(letters), "hash")
+    return log, run
+
+
+def _die(log: SQLiteLog, run: Run) -> None:
+    """Leave the log as a killed run does: lease held, nothing more written."""
+    log.close()
+    db = sqlite3.connect(log.path)
+    db.execute("UPDATE runs SET pid = ? WHERE id = ?", (_dead_pid(), run.id))
+    db.commit()
+    db.close()
+
+
+def test_a_new_log_is_sqlite_in_wal_mode_with_schema_version_5(tmp_path: Path) -> None:
     path = tmp_path / "log.sqlite3"
-    SendLog.open(path).close()
+    log = SQLiteLog.open(path)
+    # Every commit reaches the disk (fsync) before it returns.
+    assert log._db.execute("PRAGMA synchronous").fetchone() == (2,)
+    log.close()
     assert _query(path, "PRAGMA journal_mode") == [("wal",)]
-    assert _query(path, "PRAGMA user_version") == [(4,)]
+    assert _query(path, "PRAGMA user_version") == [(5,)]
     columns = [row[1] for row in _query(path, "PRAGMA table_info(letters)")]
     assert columns == ["campaign", "email", "address", "line", "status", "attempts",
                        "first_attempt", "last_attempt", "message_id", "reply_code",
                        "reply_text", "message_sha256", "template_sha256", "run_id"]
     columns = [row[1] for row in _query(path, "PRAGMA table_info(runs)")]
     assert columns == ["id", "campaign", "started", "ended", "settings", "template_sha256",
-                       "outcome", "counts"]
-    columns = [row[1] for row in _query(path, "PRAGMA table_info(reservations)")]
-    assert columns == ["run_id", "batch", "emails"]
-
-
-@given(st.integers(min_value=0, max_value=4_102_444_800 * 10**6))  # to 2100, in µs
-def test_times_are_stored_as_datetime_writes_them(microseconds: int) -> None:
-    when = microseconds / 10**6
-    assert logwriter.stamp(when) == \
-        datetime.fromtimestamp(when, UTC).isoformat(timespec="milliseconds")
+                       "outcome", "counts", "host", "pid", "heartbeat"]
+    assert _query(path, "SELECT name FROM sqlite_master WHERE name = 'reservations'") == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["log.sqlite3"]  # no lock file
 
 
 def test_a_recipient_has_one_row_per_campaign_whatever_the_case(tmp_path: Path) -> None:
     path = tmp_path / "log.sqlite3"
     letters = make_letters(3)
-    shouting = Letter(9, letters[0].email.upper(), letters[0].sender, letters[0].envelope,
-                      letters[0].message_id, letters[0].data)
-    log = SendLog.open(path)
+    shouting = listed(letters)[0]._replace(email=letters[0].email.upper(), line=9)
+    log = SQLiteLog.open(path)
     try:
-        assert log.register("one", letters, "hash") == 3
-        assert log.register("one", [*letters, shouting], "hash") == 0
-        assert log.register("two", letters, "hash") == 3
+        assert log.register("one", listed(letters), "hash") == 3
+        assert log.register("one", [*listed(letters), shouting], "hash") == 0
+        assert log.register("two", listed(letters), "hash") == 3
     finally:
         log.close()
     assert _query(path, "SELECT campaign, COUNT(*) FROM letters GROUP BY campaign") == \
@@ -87,10 +101,10 @@ def test_a_sent_letter_records_tries_times_message_id_reply_and_hashes(
     send_logged(smtp_server.settings(), [letter])
     [row] = _query(tmp_path / "log.sqlite3",
                    "SELECT status, attempts, first_attempt, last_attempt, message_id, "
-                   "reply_code, reply_text, message_sha256, template_sha256 FROM letters")
-    status, attempts, first, last, message_id, code, text, message_hash, template_hash = row
-    assert (status, attempts, message_id, code, text) == \
-        ("sent", 1, "<0@example.org>", 250, "2.0.0 OK: queued")
+                   "reply_code, reply_text, message_sha256, template_sha256, run_id FROM letters")
+    status, attempts, first, last, message_id, code, text, message_hash, template_hash, run = row
+    assert (status, attempts, message_id, code, text, run) == \
+        ("sent", 1, "<0@example.org>", 250, "2.0.0 OK: queued", 1)
     assert isinstance(first, str)
     assert isinstance(last, str)
     assert first <= last
@@ -98,275 +112,131 @@ def test_a_sent_letter_records_tries_times_message_id_reply_and_hashes(
     assert template_hash == "template-hash"
 
 
-def _reserve(path: Path, letters: list[Letter], *, start: int, finish: bool,
-             meanwhile: Callable[[], object] = lambda: None) -> None:
-    """A run that reserves `letters`, takes the first `start` of them to DATA (calling
-    `meanwhile` then), and either finishes or dies (its files closed, nothing more written)."""
-    log = SendLog.open(path)
-    log.lock()
-    run_id = log.begin_run("c", {}, "hash")
-    log.register("c", letters, "hash")
-    recorder = Recorder(log, "c", run_id)
-
-    async def run() -> None:
-        await recorder.reserve(letters)
-        for letter in letters[:start]:
-            recorder.started(letter)
-        meanwhile()
-        if finish:
-            await recorder.finish()
-
-    try:
-        asyncio.run(run())
-    finally:
-        recorder.close()
-        log.close()
-
-
-def _settled(path: Path, letters: list[Letter]) -> list[Status | None]:
-    """The states the next run finds, once it has settled the last one."""
-    log = SendLog.open(path)
-    try:
-        log.begin_run("c", {}, "hash")
-        return [log.status("c", letter.email) for letter in letters]
-    finally:
-        log.close()
-
-
-def test_reserved_letters_are_sending_on_disk_and_their_rows_keep_their_state(
-        tmp_path: Path) -> None:
-    path = tmp_path / "log.sqlite3"
-    letters = make_letters(3)
-    _reserve(path, letters, start=1, finish=False)
-    assert _query(path, "SELECT run_id, emails FROM reservations") == \
-        [(1, '["person0@example.org", "person1@example.org", "person2@example.org"]')]
-    assert _query(path, "SELECT status FROM letters") == [("pending",)] * 3
-    log = SendLog.open(path, create=False)
-    try:
-        assert [log.status("c", letter.email) for letter in letters] == [Status.SENDING] * 3
-        assert log.summary("c").counts == {Status.SENDING: 3}
-        assert [entry.status for entry in log.entries("c", [Status.SENDING])] == \
-            [Status.SENDING] * 3
-        assert list(log.entries("c", [Status.PENDING])) == []
-    finally:
-        log.close()
-
-
-def test_after_a_kill_only_letters_that_reached_data_become_unknown(tmp_path: Path) -> None:
-    path = tmp_path / "log.sqlite3"
-    letters = make_letters(3)
-    _reserve(path, letters, start=1, finish=False)
-    assert _settled(path, letters) == [Status.UNKNOWN, Status.PENDING, Status.PENDING]
-    assert _query(path, "SELECT attempts FROM letters ORDER BY line") == [(1,), (0,), (0,)]
-    assert not (tmp_path / "log.sqlite3.inflight").exists()
-
-
-def test_after_a_restart_every_reserved_letter_becomes_unknown(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = tmp_path / "log.sqlite3"
-    letters = make_letters(3)
-    _reserve(path, letters, start=1, finish=False)
-    # The journal was not fsync'd: after the machine restarts it may have lost records.
-    monkeypatch.setattr(journal, "boot_id", lambda: "another-boot")
-    assert _settled(path, letters) == [Status.UNKNOWN] * 3
-
-
-def _write_after_the_records(journal: Path, data: bytes) -> None:
-    """Write `data` where the journal's next record would go (over its unwritten NULs)."""
-    with journal.open("r+b") as file:
-        file.seek(journal.read_bytes().rindex(b"\n") + 1)
-        file.write(data)
-
-
-def test_a_journal_with_a_line_that_is_not_a_record_is_not_trusted(tmp_path: Path) -> None:
-    path = tmp_path / "log.sqlite3"
-    letters = make_letters(3)
-    _reserve(path, letters, start=1, finish=False)
-    _write_after_the_records(tmp_path / "log.sqlite3.inflight", b"person2@example.org\n")
-    assert _settled(path, letters) == [Status.UNKNOWN] * 3
-
-
-def test_a_journal_record_cut_short_by_a_kill_is_ignored_and_the_rest_trusted(
-        tmp_path: Path) -> None:
-    # Killed while copying a record into the map: it has no line break, and its letter
-    # had not gone to DATA.
-    path = tmp_path / "log.sqlite3"
-    letters = make_letters(3)
-    _reserve(path, letters, start=1, finish=False)
-    _write_after_the_records(tmp_path / "log.sqlite3.inflight", b"person1@exam")
-    assert _settled(path, letters) == [Status.UNKNOWN, Status.PENDING, Status.PENDING]
-
-
-def test_a_journal_grows_as_it_needs_and_reads_back_whole(tmp_path: Path) -> None:
-    path = tmp_path / "log.inflight"
-    record = journal.Journal(path, 7)
-    # About 40 bytes a record: several times the first 64 KiB.
-    started = {f"person{n}@example.org": 1_700_000_000 + n / 8 for n in range(5000)}
-    for key, when in started.items():
-        record.started(key, when)
-    record.close()
-    assert path.stat().st_size > 3 * 65536
-    assert journal.read_journal(path) == journal.Flown(7, started)
-
-
-def test_a_finished_run_leaves_unsent_reserved_letters_in_their_state(tmp_path: Path) -> None:
-    path = tmp_path / "log.sqlite3"
-    letters = make_letters(3)
-    log = SendLog.open(path)
-    log.register("c", letters, "hash")
-    log._db.execute("UPDATE letters SET status = 'failed' WHERE email = ?", (letters[2].email,))
-    log.close()
-    _reserve(path, letters, start=1, finish=True)
-    # The letter that went to DATA with no outcome recorded is the only one in doubt.
-    assert _query(path, "SELECT status FROM letters ORDER BY line") == \
-        [("unknown",), ("pending",), ("failed",)]
-    assert _query(path, "SELECT COUNT(*) FROM reservations") == [(0,)]
-    assert not (tmp_path / "log.sqlite3.inflight").exists()
-
-
-def test_reserved_letters_are_looked_up_by_address_not_by_scanning_the_campaign(
-        tmp_path: Path) -> None:
-    # The log is read while a run reserves: a scan per reservation made that quadratic.
-    path = tmp_path / "log.sqlite3"
-    SendLog.open(path).close()
-    plan = " / ".join(str(row[3]) for row in
-                      _query(path, "EXPLAIN QUERY PLAN " + logwriter.UNFINISHED))
-    assert "SEARCH l USING INDEX letters_by_address (campaign=? AND email=?)" in plan, plan
-
-
-def test_a_letter_whose_outcome_could_not_be_written_ends_unknown(tmp_path: Path) -> None:
-    path = tmp_path / "log.sqlite3"
+def test_a_mark_is_committed_before_commit_returns(tmp_path: Path) -> None:
     letters = make_letters(2)
-    log = SendLog.open(path)
-    log.lock()
-    run_id = log.begin_run("c", {}, "hash")
-    log.register("c", letters, "hash")
-    db = sqlite3.connect(path)
-    db.execute("CREATE TRIGGER no_outcome BEFORE UPDATE OF status ON letters "
-               "WHEN NEW.status = 'sent' BEGIN SELECT RAISE(FAIL, 'database or disk is full'); "
-               "END")
-    db.commit()
-    db.close()
-    recorder = Recorder(log, "c", run_id)
-
-    async def run() -> None:
-        await recorder.reserve(letters)
-        recorder.started(letters[0])
-        recorder.record(Outcome(letters[0], Status.SENT, 1, 250, "2.0.0 OK: queued"))
-        with pytest.raises(LogError, match="database or disk is full"):
-            await recorder.flush()
-        with pytest.raises(LogError, match="database or disk is full"):
-            await recorder.finish()  # the run's end is written all the same
-
-    try:
-        asyncio.run(run())
-    finally:
-        recorder.close()
-        log.close()
-    # The server has it, the log could not say so: in doubt, not due again.
-    assert _query(path, "SELECT status, attempts FROM letters ORDER BY line") == \
-        [("unknown", 1), ("pending", 0)]
+    log, run = _begin(tmp_path / "log.sqlite3", letters)
+    log.commit(run, [letters[0].email], [], 1_800_000_000.0)
+    assert _query(log.path, "SELECT email, status, run_id, first_attempt FROM letters "
+                  "ORDER BY line") == [("person0@example.org", "sending", 1,
+                                        "2027-01-15T08:00:00.000+00:00"),
+                                       ("person1@example.org", "pending", None, None)]
+    log.close()
 
 
-def test_a_log_of_schema_1_is_migrated_and_its_stale_letters_become_unknown(
+def test_a_dead_runs_marked_letters_become_unknown_and_the_others_stay_due(
         tmp_path: Path) -> None:
     path = tmp_path / "log.sqlite3"
-    db = sqlite3.connect(path, isolation_level=None)
-    db.executescript(_MIGRATIONS[1])
-    db.execute("PRAGMA user_version = 1")
-    db.execute("INSERT INTO letters (campaign, email, address, status) VALUES "
-               "('c', 'ada@example.org', 'ada@example.org', 'sending')")
-    db.close()
-    log = SendLog.open(path)
+    letters = make_letters(4)
+    log, run = _begin(path, letters)
+    log.commit(run, [letters[0].email, letters[1].email],
+               [Outcome(letters[1], Status.SENT, 1, 250, "2.0.0 OK")], 1_800_000_000.0)
+    log.commit(run, [letters[2].email], [], 1_800_000_001.0)
+    _die(log, run)
+
+    log = SQLiteLog.open(path)
+    second = log.begin_run("c", {}, "hash")
+    assert (second.replaced is not None, second.replaced_because, second.settled) == \
+        (True, "its process is gone", 2)
+    assert [status_of(log, "c", letter.email) for letter in letters] == \
+        [Status.UNKNOWN, Status.SENT, Status.UNKNOWN, Status.PENDING]
+    assert _query(path, "SELECT attempts FROM letters ORDER BY line") == [(1,), (1,), (1,), (0,)]
+    assert _query(path, "SELECT id, outcome, ended IS NOT NULL FROM runs") == \
+        [(1, "died", 1), (2, None, 0)]
+    log.close()
+
+
+def test_a_live_lease_refuses_a_second_run_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "log.sqlite3"
+    first, second = SQLiteLog.open(path), SQLiteLog.open(path)
     try:
-        log.begin_run("c", {}, "hash")
-        assert log.status("c", "ada@example.org") == Status.UNKNOWN
-    finally:
-        log.close()
-    assert _query(path, "PRAGMA user_version") == [(4,)]
-
-
-def test_a_log_of_schema_2_is_migrated_and_its_reserved_letters_become_unknown(
-        tmp_path: Path) -> None:
-    path = tmp_path / "log.sqlite3"
-    db = sqlite3.connect(path, isolation_level=None)
-    db.executescript(_MIGRATIONS[1] + _MIGRATIONS[2])
-    db.execute("PRAGMA user_version = 2")
-    # As a schema 2 run left its reservations: `sending`, with the state each had.
-    db.execute("INSERT INTO letters (campaign, email, address, status, prior_status) VALUES "
-               "('c', 'ada@example.org', 'ada@example.org', 'sending', 'pending'), "
-               "('c', 'bob@example.org', 'bob@example.org', 'sent', NULL)")
-    db.close()
-    SendLog.open(path).close()
-    assert _query(path, "SELECT email, status FROM letters ORDER BY email") == \
-        [("ada@example.org", "unknown"), ("bob@example.org", "sent")]
-    assert _query(path, "PRAGMA user_version") == [(4,)]
-
-
-def test_a_log_of_schema_3_is_migrated_to_keep_its_letters_in_list_order(
-        tmp_path: Path) -> None:
-    # A run sends in list order: rows stored in that order share pages, and so commits.
-    path = tmp_path / "log.sqlite3"
-    db = sqlite3.connect(path, isolation_level=None)
-    db.executescript(";".join(_MIGRATIONS[version] for version in (1, 2, 3)))
-    db.execute("PRAGMA user_version = 3")
-    rows = [("c", "zoe@example.org", "Zoe@example.org", 2, "sent", 1, "t1", "t2", "<1@x>", 250,
-             "2.0.0 OK", "sha-zoe", "sha-t", 1),
-            ("c", "ada@example.org", "ada@example.org", 3, "pending", 0, None, None, "<2@x>",
-             None, None, None, "sha-t", None)]
-    db.executemany("INSERT INTO letters VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
-    db.close()
-    SendLog.open(path).close()
-    assert _query(path, "SELECT * FROM letters ORDER BY rowid") == rows
-    assert _query(path, "PRAGMA user_version") == [(4,)]
-
-
-def test_a_log_written_by_a_newer_mailer_is_refused_untouched(tmp_path: Path) -> None:
-    path = tmp_path / "log.sqlite3"
-    db = sqlite3.connect(path)
-    db.execute("CREATE TABLE future (x)")
-    db.execute("PRAGMA user_version = 5")
-    db.commit()
-    db.close()
-    before = path.read_bytes()
-    with pytest.raises(LogError) as caught:
-        SendLog.open(path)
-    assert str(caught.value) == (f"{path} was written by a newer mailer (schema 5); upgrade "
-                                 "mailer to read it")
-    assert path.read_bytes() == before
-
-
-def test_a_file_that_is_not_a_send_log_is_refused_untouched(tmp_path: Path) -> None:
-    path = tmp_path / "recipients.csv"
-    path.write_text("email\nada@example.org\n", encoding="utf-8")
-    with pytest.raises(LogError) as caught:
-        SendLog.open(path)
-    assert str(caught.value) == (f"send log {path}: file is not a database; choose another "
-                                 "file with --log PATH")
-    assert path.read_text(encoding="utf-8") == "email\nada@example.org\n"
-
-
-def test_a_second_lock_is_refused_until_the_first_is_released(tmp_path: Path) -> None:
-    path = tmp_path / "log.sqlite3"
-    first, second = SendLog.open(path), SendLog.open(path)
-    try:
-        first.lock()
-        with pytest.raises(LogLocked, match="another mailer send is using"):
-            second.lock()
-        first.close()
-        second.lock()
+        run = first.begin_run("c", {}, "hash")
+        with pytest.raises(LogLocked) as caught:
+            second.begin_run("c", {}, "hash")
+        [(started,)] = _query(path, "SELECT started FROM runs")
+        when = f"{str(started)[:19].replace('T', ' ')} UTC"
+        assert str(caught.value) == (
+            f"another mailer send is using {path}: run 1 (pid {os.getpid()} on "
+            f"{socket.gethostname()}, started {when}, last heard of {when}); wait for it to "
+            "finish, or stop it, before starting another")
+        first.end_run(run, "completed", {})
+        assert second.begin_run("c", {}, "hash").replaced is None  # released, not taken
     finally:
         first.close()
         second.close()
 
 
-def test_a_list_with_problems_registers_nobody(tmp_path: Path) -> None:
-    path = tmp_path / "log.sqlite3"
-    log = SendLog.open(path)
+@pytest.mark.parametrize("spelling", ["symlink", "hard link", "relative", "dot-dot"])
+def test_every_name_of_the_file_meets_the_same_lease(spelling: str, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "logs" / "log.sqlite3"
+    first = SQLiteLog.open(path)
+    first.begin_run("c", {}, "hash")
+    monkeypatch.chdir(tmp_path)
+    other = {"symlink": tmp_path / "link.sqlite3", "hard link": tmp_path / "hard.sqlite3",
+             "relative": Path("logs/log.sqlite3"),
+             "dot-dot": Path("logs/../logs/./log.sqlite3")}[spelling]
+    if spelling == "symlink":
+        other.symlink_to(path)
+    elif spelling == "hard link":
+        other.hardlink_to(path)
     try:
-        log.register("c", make_letters(3), "hash", keep=lambda: False)
+        if spelling == "hard link":  # SQLite itself refuses a second name for its file
+            with pytest.raises(LogError, match=r"has another name \(a hard link\)"):
+                SQLiteLog.open(other).begin_run("c", {}, "hash")
+            return
+        second = SQLiteLog.open(other)
+        with pytest.raises(LogLocked, match="another mailer send is using"):
+            second.begin_run("c", {}, "hash")
+        second.close()
     finally:
-        log.close()
+        first.close()
+
+
+def test_a_lease_silent_for_a_minute_is_taken_over_and_a_fresh_one_is_not(
+        tmp_path: Path) -> None:
+    path = tmp_path / "log.sqlite3"
+    log = SQLiteLog.open(path)
+    run = log.begin_run("c", {}, "hash")
+    # Held from another machine: its process cannot be looked at, only its heartbeat.
+    log._db.execute("UPDATE runs SET host = 'elsewhere', pid = 1 WHERE id = ?", (run.id,))
+    with pytest.raises(LogLocked, match=r"run 1 \(pid 1 on elsewhere"):
+        log.begin_run("c", {}, "hash")
+    log._db.execute("UPDATE runs SET heartbeat = ?", (stamp(1_700_000_000.0),))
+    second = log.begin_run("c", {}, "hash")
+    assert second.replaced is not None
+    assert second.replaced.host == "elsewhere"
+    assert second.replaced_because.startswith("it has not been heard of for ")
+    log.close()
+
+
+def test_a_run_whose_lease_was_taken_over_can_mark_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "log.sqlite3"
+    letters = make_letters(2)
+    log, run = _begin(path, letters)
+    log._db.execute("UPDATE runs SET heartbeat = ?", (stamp(1_700_000_000.0),))  # asleep
+    other = SQLiteLog.open(path)
+    taker = other.begin_run("c", {}, "hash")
+    with pytest.raises(LeaseLost) as caught:
+        log.commit(run, [letters[0].email], [], 1_800_000_000.0)
+    assert f"this run's hold on the log was taken over by run {taker.id} (pid" in \
+        str(caught.value)
+    assert status_of(other, "c", letters[0].email) == Status.PENDING
+    log.close()
+    other.close()
+
+
+def test_a_transaction_that_raises_registers_nobody(tmp_path: Path) -> None:
+    path = tmp_path / "log.sqlite3"
+    log = SQLiteLog.open(path)
+
+    def register_then_fail() -> None:
+        with log.atomic():
+            log.register("c", listed(make_letters(3)), "hash")
+            raise ValueError("a problem")
+
+    with pytest.raises(ValueError, match="a problem"):
+        register_then_fail()
+    log.close()
     assert _query(path, "SELECT COUNT(*) FROM letters") == [(0,)]
 
 
@@ -379,67 +249,198 @@ def test_every_letter_a_run_tried_names_that_run(smtp_server: Server, send_logge
                                        ("person1@example.org", "failed", 1)]
 
 
-def test_every_commit_to_the_log_reaches_the_disk(tmp_path: Path) -> None:
-    db = logwriter.connect(tmp_path / "log.sqlite3")
-    try:
-        assert db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
-    finally:
-        db.close()
-
-
-def _children(pid: int) -> list[int]:
-    """The processes `pid` started that are still running (Linux /proc)."""
-    children = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError):
-            # The command may hold spaces and parentheses: the fields follow its last ')'.
-            if int(stat.read_text().rpartition(")")[2].split()[1]) == pid:
-                children.append(int(stat.parent.name))
-    return children
-
-
-@pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux's")
-def test_the_log_writer_dies_with_a_killed_sender(tmp_path: Path) -> None:
-    script = (f"import asyncio, time\nfrom pathlib import Path\n"
-              f"from mailer.recorder import Recorder\nfrom mailer.sendlog import SendLog\n"
-              f"log = SendLog.open(Path({str(tmp_path / 'log.sqlite3')!r}))\n"
-              f"recorder = Recorder(log, 'c', log.begin_run('c', {{}}, 'hash'))\n"
-              f"asyncio.run(recorder.flush())\nprint('ready', flush=True)\ntime.sleep(60)\n")
-    sender = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    assert sender.stdout is not None
-    assert sender.stdout.readline() == "ready\n"
-    [writer] = _children(sender.pid)
-    sender.kill()
-    sender.wait()
-    sender.stdout.close()
-    deadline = time.monotonic() + 10
-    while Path(f"/proc/{writer}").exists() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert not Path(f"/proc/{writer}").exists()
-
-
-def test_a_log_writer_whose_sender_is_gone_writes_nothing(tmp_path: Path) -> None:
+def test_a_letter_whose_outcome_could_not_be_written_ends_unknown(tmp_path: Path) -> None:
     path = tmp_path / "log.sqlite3"
-    letters = make_letters(1)
-    log = SendLog.open(path)
-    log.register("c", letters, "hash")
+    letters = make_letters(2)
+    log, run = _begin(path, letters)
+    db = sqlite3.connect(path)
+    db.execute("CREATE TRIGGER no_outcome BEFORE UPDATE OF status ON letters "
+               "WHEN NEW.status = 'sent' BEGIN SELECT RAISE(FAIL, 'database or disk is full'); "
+               "END")
+    db.commit()
+    db.close()
+
+    async def main() -> Recorder:
+        async with Recorder(log, run) as recorder:
+            await recorder.sending(letters[0])
+            recorder.record(Outcome(letters[0], Status.SENT, 1, 250, "2.0.0 OK: queued"))
+            await asyncio.sleep(Recorder.LINGER * 2)
+            with pytest.raises(LogError, match="database or disk is full"):
+                await recorder.sending(letters[1])  # nothing more may go
+        return recorder
+
+    recorder = asyncio.run(main())
+    assert recorder.error is not None
+    _die(log, run)
+    # The server has it, the log could not say so: in doubt, not due again.
+    log = SQLiteLog.open(path)
+    log._db.execute("DROP TRIGGER no_outcome")
+    log.begin_run("c", {}, "hash")
     log.close()
-    frame = marshal.dumps((1, json.dumps([letters[0].email]), [], [], None))
-    # Told that its sender is process 1, which did not start it: it has lost its sender.
-    writer = subprocess.run([sys.executable, "-I", "-S", logwriter.__file__, str(path), "c", "1",
-                             "1"], input=len(frame).to_bytes(4) + frame, capture_output=True,
-                            check=True, timeout=30)
-    assert writer.stdout == b""
-    assert _query(path, "SELECT status FROM letters") == [("pending",)]
+    assert _query(path, "SELECT status, attempts FROM letters ORDER BY line") == \
+        [("unknown", 1), ("pending", 0)]
 
 
-def test_the_log_writer_starts_without_the_slow_imports(tmp_path: Path) -> None:
-    # Every run's first letter waits for the writer's first commit: typing, pathlib and
-    # json (re, enum) would add half to its start-up.
-    writer = subprocess.run([sys.executable, "-I", "-S", "-X", "importtime", logwriter.__file__,
-                             str(tmp_path / "log.sqlite3"), "c", "1", "1"],
-                            stdin=subprocess.DEVNULL, capture_output=True, text=True, check=True,
-                            timeout=30)
-    imported = {line.rpartition("|")[2].strip() for line in writer.stderr.splitlines()}
-    assert "sqlite3" in imported
-    assert not imported & {"typing", "pathlib", "json", "re", "enum"}
+# -- migrations -------------------------------------------------------------------------------
+
+
+# The tables of the first release (schema 1), and what schemas 2 and 3 changed.
+SCHEMA_1 = """
+CREATE TABLE letters (
+    campaign TEXT NOT NULL, email TEXT NOT NULL, address TEXT NOT NULL, line INTEGER,
+    status TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, first_attempt TEXT,
+    last_attempt TEXT, message_id TEXT, reply_code INTEGER, reply_text TEXT,
+    message_sha256 TEXT, template_sha256 TEXT, run_id INTEGER,
+    PRIMARY KEY (campaign, email)
+) WITHOUT ROWID;
+CREATE INDEX letters_status ON letters (campaign, status);
+CREATE TABLE runs (
+    id INTEGER PRIMARY KEY, campaign TEXT NOT NULL, started TEXT NOT NULL, ended TEXT,
+    settings TEXT NOT NULL, template_sha256 TEXT, outcome TEXT, counts TEXT
+);
+"""
+SCHEMA_3 = SCHEMA_1 + """
+DROP INDEX letters_status;
+CREATE TABLE reservations (run_id INTEGER NOT NULL REFERENCES runs (id),
+    batch INTEGER NOT NULL, emails TEXT NOT NULL, PRIMARY KEY (run_id, batch));
+"""
+
+
+def _old_log(path: Path, schema: str, version: int, *rows: str) -> None:
+    db = sqlite3.connect(path, isolation_level=None)
+    db.executescript(schema)
+    db.execute(f"PRAGMA user_version = {version}")
+    for row in rows:
+        db.execute(row)
+    db.close()
+
+
+def test_a_log_of_schema_1_is_migrated_and_its_stale_letters_become_unknown(
+        tmp_path: Path) -> None:
+    path = tmp_path / "log.sqlite3"
+    _old_log(path, SCHEMA_1, 1, "INSERT INTO letters (campaign, email, address, status) "
+             "VALUES ('c', 'ada@example.org', 'ada@example.org', 'sending')")
+    log = SQLiteLog.open(path)
+    assert status_of(log, "c", "ada@example.org") == Status.UNKNOWN
+    log.close()
+    assert _query(path, "PRAGMA user_version") == [(5,)]
+
+
+def test_a_log_of_schema_3_keeps_its_rows_in_list_order(tmp_path: Path) -> None:
+    path = tmp_path / "log.sqlite3"
+    _old_log(path, SCHEMA_3, 3, "INSERT INTO runs (campaign, started, settings) VALUES "
+             "('c', 't0', '{}')", "INSERT INTO reservations VALUES (1, 1, '[\"zoe@example.org\"]')")
+    rows = [("c", "zoe@example.org", "Zoe@example.org", 2, "sent", 1, "t1", "t2", "<1@x>", 250,
+             "2.0.0 OK", "sha-zoe", "sha-t", 1),
+            ("c", "ada@example.org", "ada@example.org", 3, "pending", 0, None, None, "<2@x>",
+             None, None, None, "sha-t", None)]
+    db = sqlite3.connect(path)
+    db.executemany("INSERT INTO letters VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    db.commit()
+    db.close()
+    SQLiteLog.open(path).close()
+    # In list order; the reserved letter had its outcome (run 1's), so it stays as it is.
+    assert _query(path, "SELECT * FROM letters ORDER BY rowid") == rows
+    assert _query(path, "SELECT outcome FROM runs") == [("died",)]
+    assert _query(path, "PRAGMA user_version") == [(5,)]
+
+
+def _killed_release_log(tmp_path: Path, *, trust_journal: bool) -> Path:
+    """The log the previous release left when killed mid-run (tests/data/README.md)."""
+    path = tmp_path / "mailer-log.sqlite3"
+    shutil.copy(DATA / "schema4-killed.sqlite3", path)
+    journal = (DATA / "schema4-killed.sqlite3.inflight").read_text(encoding="ascii")
+    # Trusted if written since this machine booted.
+    boot = (Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip()
+            if trust_journal else "another-boot")
+    journal = journal.replace(journal.split("boot=")[1].split("\n")[0], boot)
+    Path(f"{path}.inflight").write_text(journal, encoding="ascii")
+    Path(f"{path}.lock").touch()
+    return path
+
+
+def _states(path: Path) -> dict[str, list[int]]:
+    states: dict[str, list[int]] = {}
+    for email, status in _query(path, "SELECT email, status FROM letters ORDER BY line"):
+        states.setdefault(str(status), []).append(int(str(email)[6:].split("@")[0]))
+    return states
+
+
+@pytest.mark.skipif(not Path("/proc/sys/kernel/random/boot_id").exists(),
+                    reason="the old journal is trusted by Linux's boot id")
+def test_a_log_of_the_last_release_killed_mid_run_migrates_with_its_journal(
+        tmp_path: Path) -> None:
+    path = _killed_release_log(tmp_path, trust_journal=True)
+    SQLiteLog.open(path).close()
+    # Of the letters reserved and unfinished, only person13 had reached DATA.
+    assert _states(path) == {"sent": [0, 1, 2, 4, 6, 7, 8, 9, 10, 11, 12], "failed": [3],
+                             "deferred": [5], "unknown": [13],
+                             "pending": list(range(14, 40))}
+    assert _query(path, "SELECT id, outcome, ended IS NOT NULL FROM runs") == [(1, "died", 1)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mailer-log.sqlite3"]
+
+
+def test_a_log_of_the_last_release_without_a_journal_to_trust_loses_nothing(
+        tmp_path: Path) -> None:
+    path = _killed_release_log(tmp_path, trust_journal=False)
+    SQLiteLog.open(path).close()
+    # The journal may have lost records (another boot): every unfinished reservation is
+    # in doubt; everything else keeps its state.
+    assert _states(path) == {"sent": [0, 1, 2, 4, 6, 7, 8, 9, 10, 11, 12], "failed": [3],
+                             "deferred": [5], "unknown": [13, 14, 15, 16, 17],
+                             "pending": list(range(18, 40))}
+
+
+# -- files that are not a log, or not one this mailer can read ----------------------------
+
+
+def test_a_log_written_by_a_newer_mailer_is_refused_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "log.sqlite3"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE future (x)")
+    db.execute("PRAGMA user_version = 6")
+    db.commit()
+    db.close()
+    before = path.read_bytes()
+    with pytest.raises(LogError) as caught:
+        SQLiteLog.open(path)
+    assert str(caught.value) == (f"{path} was written by a newer mailer (schema 6); upgrade "
+                                 "mailer to read it")
+    assert path.read_bytes() == before
+
+
+def test_a_file_that_is_not_a_send_log_is_refused_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "recipients.csv"
+    path.write_text("email\nada@example.org\n", encoding="utf-8")
+    with pytest.raises(LogError) as caught:
+        SQLiteLog.open(path)
+    assert str(caught.value) == (
+        f"send log {path} is damaged (file is not a database); nothing was sent. Restore it "
+        f"from a backup (sqlite3 {path} .recover may rescue its rows); a new log would send "
+        "every letter again")
+    assert path.read_text(encoding="utf-8") == "email\nada@example.org\n"
+
+
+def test_an_empty_file_is_not_made_into_a_log(tmp_path: Path) -> None:
+    path = tmp_path / "log.sqlite3"
+    path.touch()
+    with pytest.raises(LogError, match=r"is an empty file, not a send log\. If it held"):
+        SQLiteLog.open(path)
+    assert path.read_bytes() == b""
+
+
+def test_a_folder_is_not_a_log(tmp_path: Path) -> None:
+    with pytest.raises(LogError, match="is a folder; give the path of a file"):
+        SQLiteLog.open(tmp_path)
+
+
+def test_a_log_with_damaged_pages_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "log.sqlite3"
+    log = SQLiteLog.open(path)
+    log.register("c", listed(make_letters(300)), "hash")
+    log.close()
+    data = bytearray(path.read_bytes())
+    data[4096 * 3: 4096 * 3 + 200] = b"\xff" * 200  # garbage over a page of rows
+    path.write_bytes(bytes(data))
+    with pytest.raises(LogError, match=r"is damaged \(database disk image is malformed"):
+        SQLiteLog.open(path)

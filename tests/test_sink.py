@@ -12,12 +12,12 @@ from pathlib import Path
 
 import aiosmtplib
 
-from mailer.sink import RecordingHandler, start_sink
+from mailer.sink import Received, Sink, start_sink
 
 
 def test_the_sink_stores_each_message_in_a_maildir(tmp_path: Path) -> None:
-    handler = RecordingHandler(tmp_path / "maildir")
-    controller = start_sink(handler)
+    seen: list[Received] = []
+    controller = start_sink(Sink(tmp_path / "maildir", seen.append))
     try:
         asyncio.run(aiosmtplib.send(b"Subject: hi\r\n\r\nbody\r\n", sender="a@example.org",
                                     recipients=["b@example.org"], hostname="127.0.0.1",
@@ -26,7 +26,7 @@ def test_the_sink_stores_each_message_in_a_maildir(tmp_path: Path) -> None:
         controller.stop()
     stored = list(mailbox.Maildir(tmp_path / "maildir"))
     assert [m["Subject"] for m in stored] == ["hi"]
-    assert handler.messages[0].rcpt_tos == ("b@example.org",)
+    assert [m.rcpt_tos for m in seen] == [("b@example.org",)]
 
 
 def test_mailer_sink_prints_a_line_per_letter_and_stops_on_ctrl_c(tmp_path: Path) -> None:
@@ -53,7 +53,7 @@ def test_mailer_sink_prints_a_line_per_letter_and_stops_on_ctrl_c(tmp_path: Path
 
 
 def test_a_busy_port_is_a_clear_error(tmp_path: Path) -> None:
-    controller = start_sink(RecordingHandler())
+    controller = start_sink(Sink(tmp_path / "other", print))
     try:
         result = subprocess.run([sys.executable, "-m", "mailer", "sink", "--port",
                                  str(controller.port), "--maildir", str(tmp_path / "md")],

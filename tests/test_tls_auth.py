@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import trustme
 from conftest import PASSWORD, USER, LoggedSend, Server, make_letters
+from servers import RecordingHandler, start_server
 
 from mailer.errors import AuthError, TLSError
 from mailer.outcome import Status
-from mailer.sink import RecordingHandler, start_sink
 
 Send = Callable[..., LoggedSend]
 
@@ -48,7 +48,7 @@ def test_a_certificate_for_another_host_is_refused(ca: trustme.CA, ca_file: Path
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("mail.example.org").configure_cert(context)
     handler = RecordingHandler()
-    controller = start_sink(handler, tls_context=context, require_starttls=True)
+    controller = start_server(handler, tls_context=context, require_starttls=True)
     try:
         settings = Server(handler, controller.port).settings(smtp_security="starttls",
                                                              smtp_ca_file=ca_file)
@@ -76,7 +76,7 @@ def test_implicit_tls_delivers(ca: trustme.CA, ca_file: Path, send_logged: Send)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1").configure_cert(context)
     handler = RecordingHandler()
-    controller = start_sink(handler, ssl_context=context)
+    controller = start_server(handler, ssl_context=context)
     try:
         settings = Server(handler, controller.port).settings(smtp_security="tls",
                                                              smtp_ca_file=ca_file)

@@ -1,0 +1,149 @@
+"""Test doubles: an aiosmtpd server that records what it gets and misbehaves on demand.
+
+`RecordingHandler` keeps every message it accepts and can be told (`Faults`) to refuse, slow
+down or drop. Its hooks (`on_rcpt`, `on_data_command`, `on_message`) run at the points of a
+letter's SMTP life where the crash tests kill the sender.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiosmtpd.smtp import SMTP as SMTPServer
+from aiosmtpd.smtp import Envelope, Session
+
+from mailer.sink import Received, SinkController, received
+
+
+@dataclass(slots=True)
+class Faults:
+    """Misbehaviour to inject. Counts say how many times a fault fires before it stops.
+
+    - `rcpt`: address -> reply (e.g. "451 4.3.0 busy" or "550 5.1.1 no such user") for its
+      next `rcpt_times[address]` RCPTs (default: always).
+    - `drop_at_mail`: drop the connection at the next N MAIL commands (before DATA).
+    - `slow_mail`: seconds to wait before answering the next `slow_mail_times` MAIL commands.
+    - `slow_data`: seconds to wait before answering the next `slow_data_times` messages;
+      the message *is* kept, as a real server would (so the client cannot know).
+    - `drop_after_data`: for the next N messages, keep the message but drop the connection
+      instead of replying.
+    """
+
+    rcpt: dict[str, str] = field(default_factory=dict)
+    rcpt_times: dict[str, int] = field(default_factory=dict)
+    drop_at_mail: int = 0
+    slow_mail: float = 0.0
+    slow_mail_times: int = 0
+    slow_data: float = 0.0
+    slow_data_times: int = 0
+    drop_after_data: int = 0
+
+
+Hook = Callable[[], None]
+
+
+class RecordingHandler:
+    """aiosmtpd handler that records what it receives, with `faults` and hooks."""
+
+    def __init__(self, faults: Faults | None = None) -> None:
+        self.faults = faults or Faults()
+        self.messages: list[Received] = []
+        self.commands: Counter[str] = Counter()
+        self.on_rcpt: Callable[[str], None] | None = None
+        self.on_data_command: Hook | None = None
+        self.on_message: Callable[[Received], None] | None = None
+        self._lock = threading.Lock()
+
+    def by_recipient(self) -> Counter[str]:
+        """How many messages each envelope recipient received."""
+        with self._lock:
+            return Counter(rcpt.lower() for m in self.messages for rcpt in m.rcpt_tos)
+
+    async def handle_EHLO(self, server: SMTPServer, session: Session, envelope: Envelope,
+                          hostname: str, responses: list[str]) -> list[str]:
+        self.commands["EHLO"] += 1
+        session.host_name = hostname
+        return responses
+
+    async def handle_MAIL(self, server: SMTPServer, session: Session, envelope: Envelope,
+                          address: str, mail_options: list[str]) -> str:
+        self.commands["MAIL"] += 1
+        if self._fire("drop_at_mail"):
+            return _drop(server)
+        if self._fire("slow_mail_times"):
+            await asyncio.sleep(self.faults.slow_mail)
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
+    async def handle_RCPT(self, server: SMTPServer, session: Session, envelope: Envelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        self.commands["RCPT"] += 1
+        if self.on_rcpt is not None:
+            self.on_rcpt(address)
+        reply = self.faults.rcpt.get(address.lower())
+        if reply is not None:
+            left = self.faults.rcpt_times.get(address.lower())
+            if left is None or left > 0:
+                if left is not None:
+                    self.faults.rcpt_times[address.lower()] = left - 1
+                return reply
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTPServer, session: Session,
+                          envelope: Envelope) -> str:
+        self.commands["DATA"] += 1
+        message = received(envelope)
+        with self._lock:
+            self.messages.append(message)
+        if self.on_message is not None:
+            self.on_message(message)
+        if self._fire("drop_after_data"):
+            return _drop(server)
+        if self._fire("slow_data_times"):
+            await asyncio.sleep(self.faults.slow_data)
+        return "250 2.0.0 OK: queued"
+
+    def _fire(self, counter: str) -> bool:
+        """Use up one firing of a counted fault; False once it has none left."""
+        left: int = getattr(self.faults, counter)
+        if left > 0:
+            setattr(self.faults, counter, left - 1)
+        return left > 0
+
+
+def _drop(server: SMTPServer) -> str:
+    """Cut the connection without a reply (the returned one never reaches the client)."""
+    if isinstance(server.transport, asyncio.Transport):
+        server.transport.abort()
+    return "421 4.4.2 connection dropped by fault injection"
+
+
+class _HookedServer(SMTPServer):
+    """aiosmtpd's server, calling the handler's `on_data_command` when DATA arrives (before
+    its 354: the client has sent its letter's mark to the log, and not yet the letter)."""
+
+    async def smtp_DATA(self, arg: str) -> None:
+        hook = getattr(self.event_handler, "on_data_command", None)
+        if hook is not None:
+            hook()
+        await super().smtp_DATA(arg)
+
+
+class HookedController(SinkController):
+    def factory(self) -> SMTPServer:
+        return _HookedServer(self.handler, **self.SMTP_kwargs)
+
+
+def start_server(handler: RecordingHandler, **smtp_options: Any) -> HookedController:
+    """Start a server for `handler` on 127.0.0.1, a random port (`.port`); `.stop()` it."""
+    options = {"server_hostname": "mailer-test", "ident": "mailer test", **smtp_options}
+    controller = HookedController(handler, hostname="127.0.0.1", port=0, **options)
+    controller.start()
+    return controller
