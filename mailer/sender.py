@@ -89,6 +89,9 @@ class Sender:
         try:
             while (outcome := await self._outcomes.get()) is not None:
                 yield outcome
+        except asyncio.CancelledError:
+            run.cancel()  # a hard stop: letters in the middle of DATA become unknown
+            raise
         finally:
             if not run.done():
                 stop.set()  # the caller stopped listening
@@ -105,12 +108,17 @@ class Sender:
             async with asyncio.TaskGroup() as group:
                 for connection in connections:
                     group.create_task(self._work(connection, feed, stop))
-        except BaseExceptionGroup as errors:
-            fatal = errors.subgroup(MailerError)
-            raise (fatal.exceptions[0] if fatal else errors) from None
-        finally:
+        except BaseException as error:
+            for connection in connections:
+                connection.close()  # a session cut off mid-exchange is not to be ended politely
+            if isinstance(error, BaseExceptionGroup):
+                fatal = error.subgroup(MailerError)
+                raise (fatal.exceptions[0] if fatal else error) from None
+            raise
+        else:
             for connection in connections:
                 await connection.quit()
+        finally:
             self.summary.elapsed = time.monotonic() - started
             self.summary.interrupted = stop.is_set()
             self._outcomes.put_nowait(None)
@@ -147,7 +155,7 @@ class Sender:
                 if marked:  # a hard stop in the middle of DATA
                     self._finish(Outcome(letter, Status.UNKNOWN, tries, reply="the run was "
                                          "stopped while this letter was in flight",
-                                         first_try=first_try, last_try=now))
+                                         first_try=first_try, last_try=now), pause=False)
                 raise
             delay = self.policy.delay(tries)
             if not (attempt.retry and tries < self.policy.max_attempts
@@ -165,7 +173,7 @@ class Sender:
         return ((limiter is None or await _pause(limiter.reserve(), stop))
                 and await _pause(self._rate.reserve(), stop))
 
-    def _finish(self, outcome: Outcome) -> None:
+    def _finish(self, outcome: Outcome, *, pause: bool = True) -> None:
         if self.recorder is not None:
             self.recorder.record(outcome)
         self.summary.counts[outcome.status] += 1
@@ -174,7 +182,7 @@ class Sender:
             self._failures_in_a_row = 0
             return
         self._failures_in_a_row += 1
-        if self._failures_in_a_row >= self.policy.failure_threshold:
+        if pause and self._failures_in_a_row >= self.policy.failure_threshold:
             raise TooManyFailures(
                 f"{self._failures_in_a_row} letters in a row were not delivered (the last: "
                 f"{outcome.letter.email}: {outcome.describe()}); the run paused itself. Every "

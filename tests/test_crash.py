@@ -279,6 +279,58 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_sends_each_letter_exactly_once(
     assert set(_statuses(files.root).values()) == {"sent"}, note
 
 
+def test_a_second_ctrl_c_stops_at_once_and_the_letter_cut_off_is_unknown(
+        campaign: Server, files: CampaignFiles, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAILER_TIMEOUT", "30")  # the stop, not a timeout, must end it
+    handler = campaign.handler
+    handler.faults.slow_data, handler.faults.slow_data_times = 20.0, 1  # it never answers
+    process = _start_send(files.root, connections="1")
+    held: list[str] = []
+
+    def interrupt_twice(message: Received) -> None:
+        held.append(message.rcpt_tos[0])
+        os.kill(process.pid, signal.SIGINT)
+        time.sleep(0.3)
+        os.kill(process.pid, signal.SIGINT)
+
+    handler.on_message = interrupt_twice
+    try:
+        out, err = process.communicate(timeout=10)  # not the 20 s the server would take
+    finally:
+        handler.on_message = None
+    assert process.returncode == 130, (out, err)
+    assert err.endswith("Stopped at once: letters that were in flight are recorded as "
+                        "unknown (mailer log --status unknown).\n"), err
+    assert "Traceback" not in err
+    statuses = _statuses(files.root)
+    assert statuses[held[0]] == "unknown"
+    assert set(statuses.values()) == {"unknown", "pending"}
+
+
+@pytest.mark.parametrize("name", ["symlink", "absolute path", "dot-dot"])
+def test_a_second_send_by_another_name_of_the_log_is_refused_while_the_first_runs(
+        name: str, campaign: Server, files: CampaignFiles) -> None:
+    first = _start_send(files.root, rate="100/s")
+    other = {"symlink": "link.sqlite3", "absolute path": str(files.root / LOG),
+             "dot-dot": f"templates/../{LOG}"}[name]
+    if name == "symlink":
+        (files.root / other).symlink_to(files.root / LOG)
+    try:
+        deadline = time.monotonic() + 20
+        while not campaign.handler.messages and time.monotonic() < deadline:
+            time.sleep(0.01)
+        second = subprocess.run([*SEND, "--log", other], cwd=files.root, capture_output=True,
+                                text=True, timeout=30, check=False)
+    finally:
+        out, err = first.communicate(timeout=30)
+    assert first.returncode == 0, (out, err)
+    assert second.returncode == 2, second
+    assert second.stderr.startswith(f"error: another mailer send is using {other}: run 1 "
+                                    f"(pid {first.pid} on "), second.stderr
+    assert second.stdout == ""
+    assert campaign.handler.by_recipient() == dict.fromkeys(_all_addresses(files), 1)
+
+
 # -- a log that cannot be written ---------------------------------------------------------
 
 

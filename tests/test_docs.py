@@ -8,7 +8,7 @@ import sys
 
 import click
 import pytest
-from conftest import REPO
+from conftest import REPO, CampaignFiles, Server
 
 from mailer.cli import cli
 
@@ -60,3 +60,16 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert len(blocks) == 2
     assert "mailer send --dry-run" in blocks[0]
     assert "pytest" in blocks[1]
+
+
+def test_the_readme_library_example_sends_the_campaign(
+        smtp_server: Server, files: CampaignFiles, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    for key, value in smtp_server.env().items():
+        monkeypatch.setenv(key, value)
+    example = README.split("## Using it as a library")[1].split("```python\n")[1]
+    exec(compile(example.split("```")[0], "README.md", "exec"), {})  # noqa: S102
+    out = capsys.readouterr().out
+    assert out.startswith("2 recipients, 0 problems\nada@example.org ")
+    assert out.endswith("sent grace@example.net 250 2.0.0 OK: queued\n")
+    assert smtp_server.handler.by_recipient() == {"ada@example.org": 1, "grace@example.net": 1}
