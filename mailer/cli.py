@@ -4,38 +4,51 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import csv
 import itertools
-import json
 import signal
 import sys
 import threading
 import time
-from collections import Counter
 from collections.abc import AsyncIterator, Callable
-from dataclasses import asdict, fields
-from email import policy
-from email.parser import BytesParser
 from pathlib import Path
 from typing import Any
 
 import click
-import rich.progress
-from rich.console import Console
-from rich.table import Table
 
 from .addresses import InvalidAddress, normalize_address
 from .campaign import Campaign, plural
 from .delivery import Delivery, Preview, SendOptions
+from .display import (
+    TABLE_ROWS,
+    Progress,
+    json_items,
+    outcome_line,
+    print_table,
+    readable,
+    shown,
+    write_csv,
+)
 from .errors import ConfigError, MailerError
 from .outbox import write_outbox
 from .outcome import Outcome, Status
 from .sender import Sender, SendSummary
-from .sendlog import Entry, open_log
+from .sendlog import open_log
 from .settings import PLACEHOLDER_FROM, PLACEHOLDER_NAME, Settings, load_settings
 from .sink import Received, Sink, start_sink
 
 _PATH = click.Path(path_type=Path)
+
+
+def _text(context: click.Context, parameter: click.Parameter, value: str | None) -> str | None:
+    """A name given on the command line, which must be text (a terminal not in UTF-8 can
+    pass other bytes)."""
+    try:
+        if value is not None:
+            value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise click.BadParameter("is not UTF-8 text; type it again in a UTF-8 terminal"
+                                 ) from None
+    return value
 
 
 def _common(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -45,8 +58,8 @@ def _common(command: Callable[..., Any]) -> Callable[..., Any]:
                      show_default=True, help="The recipient list (CSV with an email column)."),
         click.option("--template", type=_PATH, default=Path("templates/letter.txt"),
                      show_default=True, help="The letter template."),
-        click.option("--env-file", type=_PATH, default=Path(".env"), show_default=True,
-                     help="Settings file (MAILER_* keys); the environment overrides it."),
+        click.option("--env-file", type=_PATH, help="Settings file (MAILER_* keys) [default: "
+                     ".env, if there is one]; the environment overrides it."),
         click.option("--allow-duplicates", is_flag=True,
                      help="Accept an address listed more than once (it still gets one letter)."),
     ]):
@@ -62,7 +75,8 @@ def cli() -> None:
 
 @cli.command()
 @_common
-def check(recipients: Path, template: Path, env_file: Path, allow_duplicates: bool) -> None:
+def check(recipients: Path, template: Path, env_file: Path | None,
+          allow_duplicates: bool) -> None:
     """Validate the recipient list, the template and every letter; send nothing.
 
     Exit status: 0 clean, 1 problems found, 2 usage or configuration error.
@@ -86,7 +100,7 @@ def check(recipients: Path, template: Path, env_file: Path, allow_duplicates: bo
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--to", "redirect_to", metavar="ADDRESS",
               help="Send the first letter(s) to ADDRESS instead (a test; not logged).")
-@click.option("--campaign", "campaign_name", metavar="NAME",
+@click.option("--campaign", "campaign_name", metavar="NAME", callback=_text,
               help="Campaign name in the send log [default: the template's file stem].")
 @click.option("--log", "log_path", type=_PATH, help="Send log file [MAILER_LOG].")
 @click.option("--retry-failed", is_flag=True, help="Also resend letters that failed for good.")
@@ -102,7 +116,7 @@ def check(recipients: Path, template: Path, env_file: Path, allow_duplicates: bo
 @click.option("--port", type=int, help="SMTP port [MAILER_SMTP_PORT].")
 @click.option("--security", type=click.Choice(["starttls", "tls", "none"]),
               help="TLS mode [MAILER_SMTP_SECURITY].")
-def send(recipients: Path, template: Path, env_file: Path, allow_duplicates: bool,
+def send(recipients: Path, template: Path, env_file: Path | None, allow_duplicates: bool,
          dry_run: bool, limit: int | None, outbox: Path, yes: bool, redirect_to: str | None,
          campaign_name: str | None, log_path: Path | None, retry_failed: bool,
          resend_unknown: bool, rate: str | None, domain_rate: tuple[str, ...],
@@ -150,7 +164,7 @@ def _dry_run(campaign: Campaign, settings: Settings, outbox: Path,
         for path, letter in write_outbox(preview.letters(), outbox):
             if written == 0:
                 click.echo(f"--- {path} ---")
-                click.echo(_readable(letter.data))
+                click.echo(readable(letter.data))
             written += 1
     finally:
         if log is not None:
@@ -194,7 +208,7 @@ def _test_send(campaign: Campaign, address: str, count: int, yes: bool) -> None:
     campaign.require_clean()
     _confirm("Send the test?", yes)
     letters = itertools.islice(campaign.letters(redirect_to=address), count)
-    _sending(lambda stop: sender.send(letters, stop), _print_outcome)
+    _sending(lambda stop: sender.send(letters, stop), lambda o: click.echo(outcome_line(o)))
     raise click.exceptions.Exit(_report(sender.summary))
 
 
@@ -268,55 +282,23 @@ def _sending(outcomes: Callable[[asyncio.Event], AsyncIterator[Outcome]],
         raise click.exceptions.Exit(130) from None
 
 
-def _print_outcome(outcome: Outcome) -> None:
-    click.echo(f"{outcome.status:<8} {outcome.letter.email}  {outcome.describe()}")
-
-
-class Progress:
-    """A progress bar on a terminal; a plain line per letter anywhere else (CI, pipes)."""
-
-    def __init__(self, total: int) -> None:
-        self.total = total
-        self.counts: Counter[Status] = Counter()
-        self._bar: rich.progress.Progress | None = None
-        self._task = rich.progress.TaskID(0)
-        self._started = time.monotonic()
-
-    def __enter__(self) -> Progress:
-        if sys.stdout.isatty():
-            columns = rich.progress.Progress.get_default_columns()
-            tally = rich.progress.TextColumn("{task.fields[tally]}")
-            self._bar = rich.progress.Progress(*columns, tally)
-            self._task = self._bar.add_task("sending", total=self.total, tally="")
-            self._bar.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-
-    def update(self, outcome: Outcome) -> None:
-        """Count one outcome; print it if it is not a plain success (or if not on a terminal)."""
-        self.counts[outcome.status] += 1
-        if self._bar is None:
-            _print_outcome(outcome)
-            return
-        rate = sum(self.counts.values()) / max(time.monotonic() - self._started, 1e-9)
-        tally = ", ".join(f"{n} {s}" for s, n in self.counts.items()) + f", {rate:.1f}/s"
-        self._bar.update(self._task, advance=1, tally=tally)
-        if outcome.status != Status.SENT:
-            self._bar.console.print(f"{outcome.status} {outcome.letter.email}: "
-                                    f"{outcome.describe()}")
-
-
 def _report(summary: SendSummary, missing: int = 0, recipients: Path | None = None) -> int:
     counts = ", ".join(f"{n} {s}" for s, n in sorted(summary.counts.items())) or "nothing sent"
     rate = summary.total / summary.elapsed if summary.elapsed > 0 else 0.0
     click.echo(f"{'Stopped' if summary.interrupted else 'Done'}: {counts} in "
                f"{summary.elapsed:.1f}s ({rate:.1f} letters/s).")
+    if summary.throttled:
+        click.echo(f"The server asked this run to slow down ({shown(summary.throttled)}); it "
+                   f"went on with {plural(summary.connections, 'connection')}.")
+        deferred = summary.counts[Status.DEFERRED]
+        if deferred:
+            later = time.strftime("%H:%M", time.localtime(time.time() + 15 * 60))
+            click.echo(f"Run mailer send again after {later} (in 15 minutes) to send the "
+                       f"{plural(deferred, 'deferred letter')}.")
     if missing:
-        click.echo(f"Not sent: {plural(missing, 'planned letter')}, because {recipients} "
-                   "changed during the run and no longer has them.")
+        click.echo(f"Not sent: {plural(missing, 'planned letter')}: {recipients} changed "
+                   "during the run, so it stopped taking letters. Run mailer send again: it "
+                   "checks the list as it is now and sends what is due.")
     if summary.interrupted:
         click.echo("Run mailer send again to continue where it stopped.")
         return 130
@@ -328,16 +310,17 @@ _ATTENTION = (Status.FAILED, Status.DEFERRED, Status.UNKNOWN, Status.SENDING, St
 
 @cli.command()
 @click.option("--log", "log_path", type=_PATH, help="Send log file [MAILER_LOG].")
-@click.option("--env-file", type=_PATH, default=Path(".env"), show_default=True,
-              help="Settings file (MAILER_* keys).")
-@click.option("--campaign", "campaign_name", metavar="NAME", help="Only this campaign.")
+@click.option("--env-file", type=_PATH,
+              help="Settings file (MAILER_* keys) [default: .env, if there is one].")
+@click.option("--campaign", "campaign_name", metavar="NAME", callback=_text,
+              help="Only this campaign.")
 @click.option("--status", "statuses", multiple=True,
               type=click.Choice([s.value for s in Status]),
               help="List recipients in this state (repeatable) [default: all that need "
                    "attention].")
 @click.option("--format", "output", type=click.Choice(["table", "csv", "json"]),
               default="table", show_default=True, help="Output format.")
-def log(log_path: Path | None, env_file: Path, campaign_name: str | None,
+def log(log_path: Path | None, env_file: Path | None, campaign_name: str | None,
         statuses: tuple[str, ...], output: str) -> None:
     """Review the send log: who got the letter, who did not, and why."""
     settings = load_settings(env_file, log=log_path)
@@ -349,56 +332,39 @@ def log(log_path: Path | None, env_file: Path, campaign_name: str | None,
                               f"{', '.join(map(repr, known)) or 'none yet'}")
         campaigns = [campaign_name] if campaign_name else known
         wanted = [Status(s) for s in statuses] or list(_ATTENTION)
-        entries = [e for c in campaigns for e in send_log.entries(c, wanted)]
+        entries = itertools.chain.from_iterable(send_log.entries(c, wanted) for c in campaigns)
         if output == "json":
-            click.echo(json.dumps([_entry_dict(e) for e in entries], indent=2))
+            for piece in json_items(entries):
+                click.echo(piece, nl=False)
         elif output == "csv":
-            _print_csv(entries)
+            write_csv(entries, sys.stdout)
         else:
             for name in campaigns:
                 summary = send_log.summary(name)
                 counts = ", ".join(f"{summary.counts.get(s, 0)} {s}" for s in Status
                                    if s != Status.SENDING or summary.counts.get(s))
                 rate = summary.rate_per_minute
-                click.echo(f"Campaign {name!r}: {counts}")
+                click.echo(shown(f"Campaign {name!r}: {counts}"))
                 if summary.first_sent:
                     click.echo(f"  first sent {summary.first_sent}, last {summary.last_sent}"
                                + (f", {rate:.1f} letters/min" if rate else ""))
-            _print_table(entries, wanted, several=len(campaigns) > 1)
+            title = "Recipients that need attention" if wanted == list(_ATTENTION) else None
+            count = print_table(entries, title, several=len(campaigns) > 1)
+            if not count:
+                click.echo(f"No recipients are {' or '.join(wanted)}.")
+            elif count > TABLE_ROWS:
+                click.echo(f"... and {count - TABLE_ROWS:,} more (--format csv lists them all)")
     finally:
         send_log.close()
 
 
-def _entry_dict(entry: Entry) -> dict[str, Any]:
-    return {**asdict(entry), "status": str(entry.status)}
-
-
-def _print_csv(entries: list[Entry]) -> None:
-    writer = csv.DictWriter(sys.stdout, fieldnames=[f.name for f in fields(Entry)])
-    writer.writeheader()
-    for entry in entries:
-        writer.writerow(_entry_dict(entry))
-
-
-def _print_table(entries: list[Entry], wanted: list[Status], *, several: bool) -> None:
-    if not entries:
-        click.echo(f"No recipients are {' or '.join(wanted)}.")
-        return
-    columns = ["line", "address", "status", "tries", "last attempt", "server reply"]
-    table = Table(*(["campaign"] if several else []), *columns,
-                  title="Recipients that need attention" if wanted == list(_ATTENTION) else None)
-    for e in entries:
-        reply = f"{e.reply_code or ''} {e.reply_text or ''}".strip()
-        table.add_row(*([e.campaign] if several else []), str(e.line or ""), e.address,
-                      str(e.status), str(e.attempts), e.last_attempt or "", reply)
-    Console(width=200 if not sys.stdout.isatty() else None).print(table)
-
-
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=1025, show_default=True, type=int, help="Port to listen on.")
-@click.option("--maildir", type=_PATH, default=Path("sink-maildir"), show_default=True,
-              help="Maildir folder where received letters are stored.")
+@click.option("--port", default=1025, show_default=True, type=click.IntRange(0, 65535),
+              help="Port to listen on.")
+@click.option("--maildir", type=click.Path(path_type=Path, file_okay=False), show_default=True,
+              default=Path("sink-maildir"), help="Maildir folder where received letters are "
+              "stored.")
 def sink(host: str, port: int, maildir: Path) -> None:
     """Run a local SMTP server that keeps every letter (for a practice send).
 
@@ -407,12 +373,17 @@ def sink(host: str, port: int, maildir: Path) -> None:
     """
 
     def show(message: Received) -> None:
-        click.echo(f"{time.strftime('%H:%M:%S')} {message.mail_from} -> "
-                   f"{', '.join(message.rcpt_tos)}  {message.subject!r} "
-                   f"({len(message.data)} bytes)")
+        click.echo(shown(f"{time.strftime('%H:%M:%S')} {message.mail_from} -> "
+                         f"{', '.join(message.rcpt_tos)}  {message.subject!r} "
+                         f"({len(message.data)} bytes)", one_line=True))
 
     try:
-        controller = start_sink(Sink(maildir, show), host, port)
+        handler = Sink(maildir, show)
+    except OSError as error:
+        raise ConfigError(f"--maildir {maildir}: {error.strerror or error}; choose a folder "
+                          "you can write to") from None
+    try:
+        controller = start_sink(handler, host, port)
     except OSError as error:
         raise ConfigError(f"cannot listen on {host}:{port}: {error.strerror or error}; "
                           "choose another --port") from None
@@ -426,23 +397,14 @@ def sink(host: str, port: int, maildir: Path) -> None:
         controller.stop()
 
 
-def _readable(data: bytes) -> str:
-    """A letter as a person reads it: decoded headers, then the text body."""
-    message = BytesParser(policy=policy.default).parsebytes(data)
-    lines = [f"{name}: {value}" for name, value in message.items()
-             if name.lower() not in {"mime-version", "content-type", "content-transfer-encoding"}]
-    body = message.get_body(preferencelist=("plain",))
-    text = body.get_content() if body is not None else ""
-    return "\n".join(lines) + "\n\n" + str(text)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; turn MailerError into its message and exit code, never a traceback."""
     try:
         # Without standalone mode, click returns a command's Exit code instead of exiting.
         code = cli.main(args=argv, prog_name="mailer", standalone_mode=False)
     except MailerError as error:
-        click.echo(f"error: {error}" if "\n" not in str(error) else str(error), err=True)
+        text = shown(str(error))
+        click.echo(f"error: {text}" if "\n" not in text else text, err=True)
         return error.exit_code
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)

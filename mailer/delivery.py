@@ -21,6 +21,7 @@ import itertools
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 
 from .campaign import Campaign, CheckReport, plural
@@ -153,6 +154,15 @@ class Preview:
                                                    self.report) if due)
 
 
+def _fingerprint(path: Path) -> tuple[int, int, int] | None:
+    """What changes when a file is written, replaced by another, or removed (None)."""
+    try:
+        found = path.stat()
+    except OSError:
+        return None
+    return found.st_ino, found.st_size, found.st_mtime_ns
+
+
 class Delivery:
     """A logged live send of one campaign (see the module's docstring)."""
 
@@ -164,8 +174,10 @@ class Delivery:
         self.plan = Plan(options)
         self.run: Run | None = None
         self.summary = SendSummary()
-        # Due letters the send did not find in the list again (it changed meanwhile).
+        # Due letters the send did not take, because the list changed during the run.
         self.missing = 0
+        self.changed = False
+        self._fingerprint: tuple[int, int, int] | None = None
         self._outcome = "stopped before sending"
 
     def __enter__(self) -> Delivery:
@@ -185,6 +197,7 @@ class Delivery:
     def _prepare(self) -> None:
         """One pass over the list: build every letter, register it, plan it."""
         campaign, log, report = self.campaign, self.log, CheckReport()
+        self._fingerprint = _fingerprint(campaign.recipients_path)
         digest = template_hash(campaign)
         listed: list[Listed] = []
         with log.atomic():
@@ -200,15 +213,20 @@ class Delivery:
         log.ensure_room(self.plan.due)
 
     def _due_letters(self) -> Iterator[Letter]:
-        """The planned letters, built again one at a time, as the sender takes them."""
+        """The planned letters, built again one at a time as the sender takes them, while
+        the list is the one that was checked (a list edited during the run stops it)."""
         due = self.plan.keys.copy()
+        path = self.campaign.recipients_path
         for item in self.campaign.recipients():
             if isinstance(item, Recipient) and item.email.casefold() not in due:
                 continue
+            if _fingerprint(path) != self._fingerprint:
+                self.changed = True
+                break
             built = item if isinstance(item, Problem) else self.campaign.build_one(item)
             if isinstance(built, Problem):
-                raise InputError([built], f"{self.campaign.recipients_path} changed since it "
-                                 "was checked; run mailer send again to check it")
+                raise InputError([built], f"{path} changed since it was checked; run mailer "
+                                 "send again to check it")
             due.discard(built.email.casefold())
             yield built
         self.missing = len(due)

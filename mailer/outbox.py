@@ -28,5 +28,11 @@ def write_outbox(letters: Iterable[Letter], folder: Path) -> Iterator[tuple[Path
             from None
     for index, letter in enumerate(letters, start=1):
         path = folder / letter_filename(index, letter)
-        path.write_bytes(letter.data)
+        try:
+            path.write_bytes(letter.data)
+        except OSError as error:
+            path.unlink(missing_ok=True)  # not half a letter to read
+            raise ConfigError(f"outbox {folder}: cannot write {path.name}: "
+                              f"{error.strerror or error}; free some space or choose another "
+                              "folder with --outbox (nothing was sent)") from None
         yield path, letter

@@ -94,11 +94,13 @@ class Recorder:
             try:
                 await self.call(self.log.commit, self.run, [key for key, _ in marks],
                                 outcomes, time.time())
-            except LogError as error:
-                self.error = self.error or error
+            except Exception as error:  # whatever it is, no letter may wait on it forever
+                failure = error if isinstance(error, LogError) else LogError(
+                    f"send log {self.log.location}: cannot record: {error}")
+                self.error = self.error or failure
                 for _, done in marks:
                     if not done.done():
-                        done.set_exception(error)
+                        done.set_exception(failure)
                 if self._closing:
                     return  # those outcomes stay `sending`: the next run makes them unknown
                 self._outcomes[:0] = outcomes

@@ -5,8 +5,10 @@ when they are free, so a letter is built just before a connection can send it. E
 paces itself on the shared rate limit and the per-domain limits, marks the letter in the send
 log just before its DATA (`Recorder.sending`), and retries transient failures with jittered
 exponential backoff. A letter whose domain has used its limit waits aside while the others
-go. Setting `stop` ends the run: no new letter starts, waits end at once, and the letters in
-the middle of an SMTP exchange finish it (bounded by the timeout).
+go. When the server asks the run to slow down (421, a rate reply, a connection too many),
+every connection pauses and the run goes on with one connection fewer. Setting `stop` ends
+the run: no new letter starts, waits end at once, and the letters in the middle of an SMTP
+exchange finish it (bounded by the timeout).
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ class SendSummary:
     counts: Counter[Status] = field(default_factory=Counter)
     elapsed: float = 0.0
     interrupted: bool = False
+    # The server's last request to slow down, and the connections the run went on with.
+    throttled: str = ""
+    connections: int = 0
 
     @property
     def total(self) -> int:
@@ -75,6 +80,7 @@ class Sender:
         # Shared by every connection: a domain's limit is for the run, not per connection.
         self._domains = DomainLimits(settings.domain_rates)
         self._context = tls_context(settings)
+        self._throttle = _Throttle(settings.concurrency)
         self._failures_in_a_row = 0
         self._outcomes: asyncio.Queue[Outcome | None] = asyncio.Queue()
 
@@ -100,14 +106,14 @@ class Sender:
     async def _run(self, letters: AsyncIterator[Letter], stop: asyncio.Event) -> None:
         started = time.monotonic()
         connections = [Connection(self.settings, self._context)
-                       for _ in range(self.settings.concurrency)]
+                       for _ in range(self._throttle.connections)]
         feed = _Feed(letters, DomainLimits(self.settings.domain_rates), self.policy.held_back)
         try:
             # Fail fast (bad password, bad certificate, no server) before taking any letter.
             await connections[0].open()
             async with asyncio.TaskGroup() as group:
-                for connection in connections:
-                    group.create_task(self._work(connection, feed, stop))
+                for index, connection in enumerate(connections):
+                    group.create_task(self._work(index, connection, feed, stop))
         except BaseException as error:
             for connection in connections:
                 connection.close()  # a session cut off mid-exchange is not to be ended politely
@@ -121,18 +127,22 @@ class Sender:
         finally:
             self.summary.elapsed = time.monotonic() - started
             self.summary.interrupted = stop.is_set()
+            self.summary.connections = self._throttle.connections
             self._outcomes.put_nowait(None)
 
-    async def _work(self, connection: Connection, feed: _Feed, stop: asyncio.Event) -> None:
-        while (letter := await feed.next(stop)) is not None:
-            outcome = await self._deliver(connection, letter, stop)
+    async def _work(self, index: int, connection: Connection, feed: _Feed,
+                    stop: asyncio.Event) -> None:
+        # Connections beyond what the server lets the run keep stop, after their letter.
+        while index < self._throttle.connections and (letter := await feed.next(stop)):
+            outcome = await self._deliver(index, connection, feed, letter, stop)
             if outcome is not None:
                 self._finish(outcome)
+        connection.close()
 
-    async def _deliver(self, connection: Connection, letter: Letter,
+    async def _deliver(self, index: int, connection: Connection, feed: _Feed, letter: Letter,
                        stop: asyncio.Event) -> Outcome | None:
         """Try one letter until it is sent, fails for good, runs out of tries or the run
-        stops; None if it was never tried (it keeps its state)."""
+        stops; None if it was never tried (it keeps its state, or went back to the feed)."""
         deadline = time.monotonic() + self.policy.retry_window
         first_try: float | None = None
         attempt: Attempt | None = None
@@ -158,19 +168,30 @@ class Sender:
                                          first_try=first_try, last_try=now), pause=False)
                 raise
             delay = self.policy.delay(tries)
+            if attempt.throttled:
+                self._throttle.hit()
+                self.summary.throttled = attempt.reply
+                if attempt.extra_connection and index >= self._throttle.connections:
+                    feed.give_back(letter)  # to a connection the server lets the run keep
+                    return None
+                tries -= 1  # the server's pace, not this letter's: it costs time, not tries
+                delay = max(delay, self._throttle.wait())
+            elif attempt.status == Status.SENT:
+                self._throttle.eased()
             if not (attempt.retry and tries < self.policy.max_attempts
                     and time.monotonic() + delay < deadline and await _pause(delay, stop)):
                 break
         if attempt is None:
             return None
-        return Outcome(letter, attempt.status, tries, attempt.code, attempt.reply,
+        return Outcome(letter, attempt.status, max(tries, 1), attempt.code, attempt.reply,
                        first_try=first_try, last_try=time.time())
 
     async def _paced(self, letter: Letter, stop: asyncio.Event) -> bool:
-        """Wait for the letter's turn under the domain's limit and the run's rate; False if
-        the run stopped first."""
+        """Wait for the letter's turn: the server's pause, the domain's limit and the run's
+        rate; False if the run stopped first."""
         limiter = self._domains.for_address(letter.email)
-        return ((limiter is None or await _pause(limiter.reserve(), stop))
+        return (await _pause(self._throttle.wait(), stop)
+                and (limiter is None or await _pause(limiter.reserve(), stop))
                 and await _pause(self._rate.reserve(), stop))
 
     def _finish(self, outcome: Outcome, *, pause: bool = True) -> None:
@@ -190,6 +211,33 @@ class Sender:
                 "continue", code=outcome.code, recipient=outcome.letter.email)
 
 
+class _Throttle:
+    """The server's requests to slow down: each makes every connection pause (1 s, then
+    twice as long each time it asks again, up to 5 minutes; a letter that goes through
+    starts the count again) and leaves the run one connection fewer, down to one."""
+
+    FIRST = 1.0
+    LONGEST = 300.0
+
+    def __init__(self, connections: int) -> None:
+        self.connections = connections
+        self._until = 0.0
+        self._strikes = 0
+
+    def hit(self) -> None:
+        self._strikes += 1
+        pause = min(self.LONGEST, self.FIRST * 2.0 ** (self._strikes - 1))
+        self._until = max(self._until, time.monotonic() + pause)
+        self.connections = max(1, self.connections - 1)
+
+    def eased(self) -> None:
+        self._strikes = 0
+
+    def wait(self) -> float:
+        """Seconds until the connections may send again."""
+        return max(0.0, self._until - time.monotonic())
+
+
 class _Feed:
     """The letters, handed to the workers one at a time: in list order, except that a letter
     whose domain has used its limit waits aside (up to `most_held` of them) while the others
@@ -204,6 +252,10 @@ class _Feed:
         self._order = itertools.count()
         self._ended = False
         self._lock = asyncio.Lock()
+
+    def give_back(self, letter: Letter) -> None:
+        """Take back a letter that was never tried; it goes first."""
+        heapq.heappush(self._held, (0.0, next(self._order), letter))
 
     async def next(self, stop: asyncio.Event) -> Letter | None:
         """The next letter to send; None when there are no more or the run stopped."""

@@ -179,19 +179,45 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def load_settings(env_file: Path | None = Path(".env"), **overrides: Any) -> Settings:
-    """Build the settings from `env_file`, the environment and `overrides` (None = not given)."""
+def load_settings(env_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings from `env_file` (default: `.env` if there is one), the environment
+    and `overrides` (None = not given). Values are taken as written: `${NAME}` is never
+    expanded, and a value with spaces or ` #` in it must be quoted."""
     values: dict[str, Any] = {}
-    file_values = dotenv_values(env_file) if env_file is not None and env_file.is_file() else {}
+    file_values = _read_env_file(env_file)
     for field, key in ENV_KEYS.items():
         value = os.environ.get(key, file_values.get(key))
         if value is not None and value.strip() != "":
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ConfigError(f"setting {key}: its value is not UTF-8 text; set it again "
+                                  "in a UTF-8 terminal or file") from None
             values[field] = value.strip()
     values.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return Settings(**values)
     except ValidationError as error:
         raise ConfigError(_explain(error)) from None
+
+
+def _read_env_file(path: Path | None) -> dict[str, str | None]:
+    if path is None:
+        path = Path(".env")
+        if not path.exists():
+            return {}
+    if path.is_dir():
+        raise ConfigError(f"settings file {path} is a folder; give the path of a .env file")
+    if not path.exists():
+        raise ConfigError(f"settings file {path} does not exist; check --env-file")
+    try:
+        return dict(dotenv_values(path, interpolate=False, encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        line = error.object[:error.start].count(b"\n") + 1
+        raise ConfigError(f"settings file {path}:{line}: is not UTF-8 (byte "
+                          f"{error.object[error.start]:#x}); save it as UTF-8") from None
+    except OSError as error:
+        raise ConfigError(f"settings file {path}: {error.strerror or error}") from None
 
 
 def _explain(error: ValidationError) -> str:

@@ -1,26 +1,44 @@
-"""One SMTP connection (aiosmtplib), kept open for many letters, and what its errors mean.
+"""One SMTP connection (aiosmtplib), kept open for many letters, and what its replies mean.
 
 aiosmtplib serialises everything on one `SMTP` object, so parallel sending takes one
 `Connection` per worker. Each letter is sent as MAIL, RCPT..., DATA by hand rather than with
-`sendmail`, because the outcome depends on *when* a failure happens: before DATA the server
-certainly does not have the letter (safe to retry); during or after DATA it may (``unknown``).
-MAIL and RCPT go through `execute_command` with the addresses we validated: aiosmtplib's
-`mail`/`rcpt` re-parse them with `email.utils.parseaddr` (slow, and see CVE-2023-27043).
+`sendmail`, because its fate depends on *when* something goes wrong: before the letter's
+content is sent the server certainly does not have it (safe to retry); after it, anything
+but a well-formed reply leaves it ``unknown``. After any failed exchange the transaction is
+reset (RSET), and a connection in a state that is not known is dropped.
+
+A letter is ``sent`` only if its own recipient (the row's address) and its content were
+accepted; a refused Cc or Bcc is kept in the reply, not retried. MAIL and RCPT go through
+`execute_command` with the addresses we validated: aiosmtplib's `mail`/`rcpt` re-parse them
+with `email.utils.parseaddr` (slow, and see CVE-2023-27043).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import re
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import aiosmtplib
 
-from .errors import AuthError, ConfigError, ServerUnreachable, TLSError
+from .errors import AuthError, ConfigError, MailerError, ServerUnreachable, TLSError
 from .message import Letter
 from .outcome import Status
 from .settings import Settings, is_loopback
+
+# The content goes out a slice at a time, each written once the last has left (no copy of a
+# large letter in the transport's buffer).
+_SLICE = 1 << 16
+_BARE_LINE_END = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+_PERIOD = re.compile(rb"(?m)^\.")
+# A reply asking the whole client to slow down, not refusing one recipient.
+_RATE_WORDS = re.compile(r"rate|too (many|much)|busy|slow down|try (again )?later|limit",
+                         re.IGNORECASE)
+_ENHANCED = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})\b")
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +50,16 @@ class Attempt:
     reply: str = ""
     # True when another try could succeed (4xx, timeout, dropped connection before DATA).
     retry: bool = False
+    # The server asked the whole run to slow down (421, a rate reply, too many connections).
+    throttled: bool = False
+    # This connection could not be opened while others are: the server allows fewer.
+    extra_connection: bool = False
+
+
+def reply_text(message: str) -> str:
+    """A server's words as text: aiosmtplib keeps bytes that are not UTF-8 as surrogates,
+    which no file or terminal takes; they become U+FFFD."""
+    return message.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def check_security(settings: Settings) -> None:
@@ -81,33 +109,57 @@ class Connection:
             if smtp.is_ehlo_or_helo_needed:
                 await smtp.ehlo()
             if settings.smtp_username and password is not None:
+                if settings.security == "none" and smtp.supports_extension("starttls") \
+                        and not smtp.supports_extension("auth"):
+                    raise self._needs_starttls("logs in only after STARTTLS")
                 await smtp.login(settings.smtp_username, password)
-        except aiosmtplib.SMTPAuthenticationError as error:
+        except BaseException as error:
             smtp.close()
-            raise AuthError(f"{self.server} rejected the login for {settings.smtp_username}: "
-                            f"{error.code} {error.message}; check MAILER_SMTP_USERNAME and "
-                            "MAILER_SMTP_PASSWORD", code=error.code) from None
-        except ssl.SSLError as error:
-            smtp.close()
-            detail = getattr(error, "verify_message", None)
-            reason = f"{error.reason}: {detail}" if detail else (error.reason or str(error))
-            raise TLSError(f"TLS with {self.server} failed: {reason}; the "
-                           "certificate must be valid for the host (or set "
-                           "MAILER_SMTP_CA_FILE to trust a private CA)") from None
-        except (aiosmtplib.SMTPConnectError, OSError) as error:
-            smtp.close()
-            raise ServerUnreachable(f"cannot connect to {self.server}: "
-                                    f"{getattr(error, 'message', None) or error}; is the server "
-                                    "running? check MAILER_SMTP_HOST and MAILER_SMTP_PORT"
-                                    ) from None
-        except aiosmtplib.SMTPException as error:
-            smtp.close()
-            message = getattr(error, "message", str(error))
-            if "STARTTLS" in str(message).upper() or "TLS" in type(error).__name__.upper():
-                raise TLSError(f"{self.server}: {message}; the server offers no STARTTLS: "
-                               "check MAILER_SMTP_PORT and MAILER_SMTP_SECURITY") from None
-            raise ServerUnreachable(f"cannot talk to {self.server}: {message}") from None
+            if isinstance(error, Exception):
+                raise self._explain(error) from None
+            raise
         self._smtp = smtp
+
+    def _explain(self, error: Exception) -> Exception:
+        """The fatal error a failed connection means, with what to do about it."""
+        cause = error.__cause__ if isinstance(error.__cause__, ssl.SSLError) else error
+        if isinstance(error, TLSError | ServerUnreachable):
+            return error
+        if isinstance(error, aiosmtplib.SMTPAuthenticationError):
+            return AuthError(f"{self.server} rejected the login for "
+                             f"{self.settings.smtp_username}: {error.code} "
+                             f"{reply_text(error.message)}; check MAILER_SMTP_USERNAME and "
+                             "MAILER_SMTP_PASSWORD", code=error.code)
+        if isinstance(cause, ssl.SSLError):
+            return self._tls_failed(cause)
+        if isinstance(error, aiosmtplib.SMTPConnectResponseError):
+            return ServerUnreachable(
+                f"{self.server} refused the connection: {error.code} "
+                f"{reply_text(error.message)}; it may be busy, or allow fewer connections "
+                "at once (MAILER_CONCURRENCY): try again later", code=error.code)
+        if isinstance(error, aiosmtplib.SMTPConnectError | OSError):
+            text = getattr(error, "message", None) or str(error)
+            return ServerUnreachable(f"cannot connect to {self.server}: {text}; is the server "
+                                     "running? check MAILER_SMTP_HOST and MAILER_SMTP_PORT")
+        message = reply_text(getattr(error, "message", str(error)))
+        if "STARTTLS" in message.upper():
+            return TLSError(f"{self.server}: {message}; the server offers no STARTTLS: "
+                            "check MAILER_SMTP_PORT and MAILER_SMTP_SECURITY")
+        return ServerUnreachable(f"cannot talk to {self.server}: {message}")
+
+    def _tls_failed(self, error: ssl.SSLError) -> TLSError:
+        detail = getattr(error, "verify_message", None)
+        reason = f"{error.reason}: {detail}" if detail else (error.reason or str(error))
+        if error.reason == "WRONG_VERSION_NUMBER":
+            return TLSError(f"TLS with {self.server} failed: the server did not answer in "
+                            f"TLS, so MAILER_SMTP_SECURITY={self.settings.security} does not "
+                            "fit this port; port 587 usually wants starttls, 465 tls")
+        return TLSError(f"TLS with {self.server} failed: {reason}; the certificate must be "
+                        "valid for the host (or set MAILER_SMTP_CA_FILE to trust a private CA)")
+
+    def _needs_starttls(self, what: str) -> TLSError:
+        return TLSError(f"{self.server} {what}: it offers STARTTLS, so set "
+                        "MAILER_SMTP_SECURITY=starttls")
 
     def close(self) -> None:
         """Drop the connection (a later `send` reconnects)."""
@@ -127,60 +179,96 @@ class Connection:
         """One try at one letter; `before_data` is awaited just before DATA (the letter
         goes no further if it raises).
 
-        Fatal errors (login, TLS, the log's) raise; everything else is classified into an
-        Attempt.
+        Fatal errors (login, TLS, the log's) raise; everything else is an Attempt.
         """
         if self._smtp is None or not self._smtp.is_connected:
             self.close()
             try:
                 await self.open()
             except ServerUnreachable as error:
-                return Attempt(Status.DEFERRED, reply=str(error), retry=True)
+                refused = error.code is not None
+                return Attempt(Status.DEFERRED, error.code, str(error), retry=True,
+                               throttled=refused, extra_connection=refused)
         smtp = self._smtp
         assert smtp is not None
-        in_data = False
+        sent = False  # the letter's content has gone: only a good reply may settle it
         try:
             reply = await smtp.execute_command(b"MAIL", b"FROM:<%s>" % letter.sender.encode())
             if reply.code != 250:
-                await _reset(smtp)
-                return _reply(reply.code, reply.message)
-            refused = []
+                return await self._refused(reply, at_mail=True)
+            own = next((a for a in letter.envelope if a.casefold() == letter.email.casefold()),
+                       letter.envelope[0])
+            others: list[str] = []
             for address in letter.envelope:
                 reply = await smtp.execute_command(b"RCPT", b"TO:<%s>" % address.encode())
-                if reply.code not in (250, 251):
-                    refused.append((address, reply))
-            if len(refused) == len(letter.envelope):
-                await _reset(smtp)
-                return _reply(refused[0][1].code, refused[0][1].message)
+                if reply.code in (250, 251):
+                    continue
+                if address == own:
+                    return await self._refused(reply)
+                others.append(f"{address} refused: {reply.code} {reply_text(reply.message)}")
             try:
                 await before_data(letter)
             except BaseException:
                 self.close()  # mid-transaction: not to be reused
                 raise
-            in_data = True
-            response = await smtp.data(letter.data)
-        except aiosmtplib.SMTPResponseException as error:
-            if error.code == 421 or not smtp.is_connected:
-                self.close()
-            return _reply(error.code, error.message)
+            reply = await smtp.execute_command(b"DATA")
+            if reply.code != 354:
+                return await self._refused(reply)
+            sent = True
+            reply = await self._content(smtp, letter.data)
+            if reply.code != 250:
+                return await self._refused(reply)
+        except MailerError:
+            raise  # fatal (TLS, the log): not a dropped connection, though some subclass one
+        except aiosmtplib.SMTPResponseException as error:  # a reply that is not one
+            self.close()
+            text = f"{error.code} {reply_text(error.message)}"
+            if sent:
+                return Attempt(Status.UNKNOWN, reply=f"{text} after the letter was sent: the "
+                               "server may have it")
+            return Attempt(Status.DEFERRED, reply=text, retry=True)
         except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError,
                 ConnectionError, TimeoutError) as error:
             self.close()
             reason = f"{type(error).__name__}: {error}"
-            if in_data:
-                return Attempt(Status.UNKNOWN, reply=f"{reason} during DATA: the server may "
-                               "have the letter")
+            if sent:
+                return Attempt(Status.UNKNOWN, reply=f"{reason} after the letter was sent: "
+                               "the server may have it")
             return Attempt(Status.DEFERRED, reply=reason, retry=True)
-        note = "".join(f"; {address} refused: {r.code} {r.message}" for address, r in refused)
-        return Attempt(Status.SENT, response.code, response.message + note)
-def _reply(code: int, message: str) -> Attempt:
-    if 400 <= code < 500:
-        return Attempt(Status.DEFERRED, code, message, retry=True)
-    return Attempt(Status.FAILED, code, message)
+        return Attempt(Status.SENT, reply.code, "; ".join([reply_text(reply.message), *others]))
 
+    async def _content(self, smtp: aiosmtplib.SMTP, data: bytes) -> aiosmtplib.SMTPResponse:
+        """Send a letter's content and its final dot; the server's reply."""
+        protocol = smtp.protocol
+        assert protocol is not None
+        if _BARE_LINE_END.search(data):
+            data = _LINE_END.sub(b"\r\n", data)
+        if data.startswith(b".") or b"\n." in data:
+            data = _PERIOD.sub(b"..", data)  # RFC 5321 4.5.2
+        timeout = self.settings.timeout
+        for start in range(0, len(data), _SLICE):
+            protocol.write(data[start:start + _SLICE])
+            # The transport's flow control, as asyncio's StreamWriter.drain() waits for it.
+            await asyncio.wait_for(protocol._drain_helper(), timeout)
+        protocol.write(b".\r\n" if data.endswith(b"\r\n") else b"\r\n.\r\n")
+        return await protocol.read_response(timeout=timeout)
 
-async def _reset(smtp: aiosmtplib.SMTP) -> None:
-    try:
-        await smtp.rset()
-    except (aiosmtplib.SMTPException, OSError):
-        smtp.close()
+    async def _refused(self, reply: aiosmtplib.SMTPResponse, *,
+                       at_mail: bool = False) -> Attempt:
+        """End the transaction after a refusal and say what the refusal means."""
+        code, text = reply.code, reply_text(reply.message)
+        if code == 421:  # the server is closing the session
+            self.close()
+        elif self._smtp is not None:
+            try:
+                await self._smtp.rset()
+            except (aiosmtplib.SMTPException, OSError):
+                self.close()
+        if code == 530 and "STARTTLS" in text.upper() and self.settings.security == "none":
+            raise self._needs_starttls(f"refused to take mail without TLS ({code} {text})")
+        if not 400 <= code < 500:
+            return Attempt(Status.FAILED, code, text)
+        enhanced = _ENHANCED.match(text)
+        throttled = (code == 421 or at_mail or (
+            enhanced is not None and enhanced[2] == "7" and bool(_RATE_WORDS.search(text))))
+        return Attempt(Status.DEFERRED, code, text, retry=True, throttled=throttled)

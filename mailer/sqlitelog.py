@@ -68,8 +68,9 @@ _COPY = (
 _MARK = """UPDATE letters SET status = 'sending', run_id = ?1,
     first_attempt = COALESCE(first_attempt, ?2), last_attempt = ?2
     WHERE campaign = ?3 AND email = ?4"""
+# Stored times compare as text; a mark may have come after the letter's first try.
 _OUTCOME = """UPDATE letters SET status = ?1, attempts = attempts + ?2,
-    first_attempt = COALESCE(first_attempt, ?3), last_attempt = ?4, reply_code = ?5,
+    first_attempt = MIN(COALESCE(first_attempt, ?3), ?3), last_attempt = ?4, reply_code = ?5,
     reply_text = ?6, message_sha256 = ?7, run_id = ?8
     WHERE campaign = ?9 AND email = ?10"""
 

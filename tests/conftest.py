@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import trustme
 from aiosmtpd.smtp import AuthResult, LoginPassword
-from servers import Faults, RecordingHandler, start_server
+from servers import Faults, RecordingHandler, ScriptedServer, start_server
 
 from mailer.cli import main
 from mailer.message import Letter
@@ -139,6 +139,18 @@ def smtp_server(request: pytest.FixtureRequest) -> Iterator[Server]:
     controller = start_server(handler)
     yield Server(handler, controller.port)
     controller.stop()
+
+
+@pytest.fixture
+def scripted() -> Iterator[ScriptedServer]:
+    """A raw SMTP server that gives scripted replies (see ScriptedServer)."""
+    server = ScriptedServer().start()
+    yield server
+    server.stop()
+
+
+def scripted_settings(server: ScriptedServer, **changes: Any) -> Settings:
+    return Server(RecordingHandler(), server.port).settings(**changes)
 
 
 USER, PASSWORD = "organiser", "correct horse battery staple"

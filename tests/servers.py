@@ -147,3 +147,103 @@ def start_server(handler: RecordingHandler, **smtp_options: Any) -> HookedContro
     controller = HookedController(handler, hostname="127.0.0.1", port=0, **options)
     controller.start()
     return controller
+
+
+class ScriptedServer:
+    """A small raw SMTP server (asyncio, in a thread of its own) for what aiosmtpd cannot
+    do: a scripted reply to a given command, malformed or not UTF-8; Postfix's way of
+    keeping a transaction open after a refused DATA or end of data (a MAIL before RSET gets
+    `503 5.5.1 Error: nested MAIL command`); and a 421 greeting past `max_connections`.
+
+    `script[COMMAND]` (MAIL, RCPT, DATA, or DOT for the end of data) holds raw replies given
+    instead of the usual one, in turn. A letter whose end-of-data reply is scripted counts
+    as received unless that reply is a 4xx or 5xx.
+    """
+
+    def __init__(self, max_connections: int = 100) -> None:
+        self.script: dict[str, list[bytes]] = {}
+        self.messages: list[Received] = []
+        self.commands: list[str] = []
+        self.max_connections = max_connections
+        self._open = 0
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._server: asyncio.Server | None = None
+        self.port = 0
+
+    def start(self) -> ScriptedServer:
+        self._thread.start()
+        server = asyncio.run_coroutine_threadsafe(
+            asyncio.start_server(self._session, "127.0.0.1", 0), self._loop).result(10)
+        self._server = server
+        self.port = server.sockets[0].getsockname()[1]
+        return self
+
+    def stop(self) -> None:
+        async def close() -> None:
+            assert self._server is not None
+            self._server.close()
+
+        asyncio.run_coroutine_threadsafe(close(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    def by_recipient(self) -> Counter[str]:
+        return Counter(rcpt.lower() for m in self.messages for rcpt in m.rcpt_tos)
+
+    def _scripted(self, command: str) -> bytes | None:
+        replies = self.script.get(command)
+        return replies.pop(0) if replies else None
+
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._open += 1
+        try:
+            if self._open > self.max_connections:
+                writer.write(b"421 4.7.0 scripted: too many connections from 127.0.0.1\r\n")
+                return
+            writer.write(b"220 scripted ESMTP\r\n")
+            await self._commands(reader, writer)
+        finally:
+            self._open -= 1
+            writer.close()
+
+    async def _commands(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sender: str | None = None
+        recipients: list[str] = []
+        while line := await reader.readline():
+            verb, _, argument = line.decode("ascii", "replace").strip().partition(" ")
+            verb = verb.upper()
+            self.commands.append(verb)
+            scripted = self._scripted(verb)
+            if scripted is not None:
+                writer.write(scripted)
+            elif verb in ("EHLO", "HELO"):
+                writer.write(b"250-scripted\r\n250 8BITMIME\r\n")
+            elif verb == "MAIL":
+                if sender is not None:
+                    writer.write(b"503 5.5.1 Error: nested MAIL command\r\n")
+                else:
+                    sender = argument.partition(":")[2].strip("<>")
+                    writer.write(b"250 2.1.0 Ok\r\n")
+            elif verb == "RCPT":
+                recipients.append(argument.partition(":")[2].strip("<>"))
+                writer.write(b"250 2.1.5 Ok\r\n")
+            elif verb == "DATA":
+                writer.write(b"354 End data with <CR><LF>.<CR><LF>\r\n")
+                data = b""
+                while (chunk := await reader.readline()) not in (b".\r\n", b""):
+                    data += chunk
+                reply = self._scripted("DOT") or b"250 2.0.0 Ok: queued as SCRIPTED\r\n"
+                if reply[:1] not in (b"4", b"5"):  # kept; a refusal leaves it open
+                    self.messages.append(Received(sender or "", tuple(recipients), data))
+                    sender, recipients = None, []
+                writer.write(reply)
+            elif verb == "RSET":
+                sender, recipients = None, []
+                writer.write(b"250 2.0.0 Ok\r\n")
+            elif verb == "QUIT":
+                writer.write(b"221 2.0.0 Bye\r\n")
+                return
+            else:
+                writer.write(b"502 5.5.2 Error: command not recognized\r\n")
+            await writer.drain()

@@ -484,3 +484,13 @@ def test_a_disk_that_fills_during_a_send_stops_it_and_the_log_still_knows(
     assert 20 <= len(counts) < LETTERS
     _invariants_after_a_stop(files.root, counts, "disk full")
     _resume_to_the_end(campaign.handler, files, run, "disk full")
+
+
+def test_a_full_disk_under_the_outbox_is_a_clear_error(files: CampaignFiles) -> None:
+    (files.root / "disk").mkdir()
+    result = _on_a_full_disk([sys.executable, "-m", "mailer", "send", "--dry-run", "--outbox",
+                              "disk/outbox"], files.root)
+    assert result.returncode == 2, result
+    assert result.stderr == ("error: outbox disk/outbox: cannot write "
+                             "00001-ada@example.org.eml: No space left on device; free some "
+                             "space or choose another folder with --outbox (nothing was sent)\n")

@@ -14,6 +14,8 @@ import pytest
 from conftest import PASSWORD, USER, CampaignFiles, Result, Server
 from servers import Faults
 
+from mailer.display import TABLE_ROWS
+
 Run = Callable[..., Result]
 
 LOG = "mailer-log.sqlite3"
@@ -199,3 +201,63 @@ def test_log_of_an_unknown_campaign_names_the_known_ones(sent_log: Path, run: Ru
     assert result.code == 2
     assert result.err == (f"error: no campaign 'leter' in {LOG}; it has: 'letter', "
                           "'reminder'\n")
+
+
+HOSTILE = ("550 5.1.1 [/] no [info] such [mx.example.org] user "
+           "\x1b]8;;http://evil.example\x07click\x1b]8;;\x07\x1b[2J")
+SHOWN = ("550 5.1.1 [/] no [info] such [mx.example.org] user "
+         "\\x1b]8;;http://evil.example\\x07click\\x1b]8;;\\x07\\x1b[2J")
+
+
+@pytest.fixture
+def hostile_log(server_env: Server, files: CampaignFiles, run: Run) -> Result:
+    """A send whose one refusal is Rich markup and terminal control sequences."""
+    files.write_csv(THREE_CSV.replace("alan@example.com", "=1+2@example.com"))
+    server_env.handler.faults = Faults(rcpt={"grace@example.net": HOSTILE})
+    result = run("send", "--yes")
+    assert result.code == 1, result
+    return result
+
+
+def test_a_servers_reply_is_never_markup_nor_terminal_control(hostile_log: Result,
+                                                               run: Run) -> None:
+    assert f"failed   grace@example.net  {SHOWN}\n" in hostile_log.out
+    result = run("log")
+    assert result.code == 0, result.err
+    assert "\x1b" not in result.out + result.err
+    table = "".join(line.strip("│ \n") for line in result.out.splitlines())
+    assert "[/] no [info] such [mx.example.org] user \\x1b]8;;http://evil.example\\x07click" \
+        in table.replace("││", "").replace("  ", " ")
+
+
+def test_a_csv_export_cannot_run_as_a_spreadsheet_formula(hostile_log: Result,
+                                                           run: Run) -> None:
+    result = run("log", "--status", "sent", "--status", "failed", "--format", "csv")
+    assert result.code == 0, result.err
+    rows = {r["line"]: r for r in csv.DictReader(io.StringIO(result.out))}
+    assert rows["4"]["address"] == "'=1+2@example.com"
+    assert rows["3"]["reply_text"] == HOSTILE.removeprefix("550 ")  # not a formula: as it is
+
+
+def test_a_long_table_shows_its_first_rows_and_says_how_to_see_them_all(
+        server_env: Server, files: CampaignFiles, run: Run) -> None:
+    rows = [f"person{n}@example.org,Dr,Person {n},UK" for n in range(TABLE_ROWS + 6)]
+    files.write_csv("email,title,name,country\n" + "\n".join(rows) + "\n")
+    assert run("send", "--yes", "--limit", "1").code == 0  # the rest are registered, pending
+    result = run("log")
+    assert sum("@example.org" in line for line in result.out.splitlines()) == TABLE_ROWS
+    assert result.out.endswith("\n... and 5 more (--format csv lists them all)\n")
+    listed = run("log", "--format", "json")
+    assert len(json.loads(listed.out)) == TABLE_ROWS + 5
+
+
+def test_a_damaged_log_is_a_one_line_error_for_log_and_send(sent_log: Path, run: Run) -> None:
+    data = bytearray(sent_log.read_bytes())
+    data[4096: 4096 + 64] = b"\xff" * 64
+    sent_log.write_bytes(bytes(data))
+    for command in (["log"], ["send", "--yes"], ["send", "--dry-run"]):
+        result = run(*command)
+        assert result.code == 2, command
+        assert result.err.startswith(f"error: send log {LOG} is damaged ("), result.err
+        assert result.err.endswith("; a new log would send every letter again\n")
+        assert result.err.count("\n") == 1

@@ -16,6 +16,7 @@ from mailer.campaign import Campaign
 from mailer.delivery import Delivery, SendOptions
 from mailer.message import Letter
 from mailer.recipients import Recipient
+from mailer.sink import Received
 from mailer.sqlitelog import SQLiteLog
 
 Run = Callable[..., Result]
@@ -297,3 +298,26 @@ def test_a_row_added_to_the_list_after_the_check_waits_for_the_next_run(
     assert result.code == 0, result.err
     assert smtp_server.handler.by_recipient()["late@example.org"] == 1
     assert _rows(files.root)["late@example.org"] == ("sent", 1)
+
+
+def test_a_list_edited_during_a_run_stops_it_and_says_what_was_not_sent(
+        server_env: Server, files: CampaignFiles, run: Run) -> None:
+    rows = [f"person{n}@example.org,Dr,Person {n},UK" for n in range(40)]
+    files.write_csv("email,title,name,country\n" + "\n".join(rows) + "\n")
+
+    def cut_at_five(message: Received) -> None:
+        if len(server_env.handler.messages) == 5:
+            files.write_csv("email,title,name,country\n" + "\n".join(rows[:20]) + "\n")
+
+    server_env.handler.on_message = cut_at_five
+    result = run("send", "--yes", "--rate", "20/s")
+    sent = len(server_env.handler.messages)
+    assert result.code == 1, result
+    assert 5 <= sent <= 7
+    assert result.out.splitlines()[-1] == (
+        f"Not sent: {40 - sent} planned letters: recipients.csv changed during the run, so it "
+        "stopped taking letters. Run mailer send again: it checks the list as it is now and "
+        "sends what is due.")
+    result = run("send", "--yes")  # the list as it is now: the 20 left
+    assert result.code == 0, result
+    assert server_env.handler.by_recipient() == {f"person{n}@example.org": 1 for n in range(20)}

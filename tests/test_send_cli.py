@@ -98,3 +98,22 @@ def test_no_server_is_a_clear_error(files: CampaignFiles, run: Run,
     assert result.code == 1
     assert result.err.startswith("error: cannot connect to 127.0.0.1:9: ")
     assert "is the server running? check MAILER_SMTP_HOST and MAILER_SMTP_PORT" in result.err
+
+
+@pytest.mark.parametrize(("setting", "value", "message"), [
+    ("MAILER_SMTP_CA_FILE", "missing-ca.pem", "error: setting MAILER_SMTP_CA_FILE: cannot load "
+                                              "missing-ca.pem: "),
+    ("MAILER_SMTP_HOST", "mail.example.org", "error: refusing to send the password for "
+                                             "organiser to mail.example.org without TLS"),
+])
+def test_a_refusal_that_depends_on_the_settings_comes_before_the_question(
+        setting: str, value: str, message: str, server_env: Server, run: Run,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAILER_SMTP_USERNAME", "organiser")
+    monkeypatch.setenv("MAILER_SMTP_PASSWORD", "secret")
+    monkeypatch.setenv("MAILER_SMTP_SECURITY", "none")
+    monkeypatch.setenv(setting, value)
+    result = run("send")  # no --yes and no terminal: the question would refuse too
+    assert result.code == 2
+    assert result.err.startswith(message), result.err
+    assert result.out == ""

@@ -444,3 +444,20 @@ def test_a_log_with_damaged_pages_is_refused(tmp_path: Path) -> None:
     path.write_bytes(bytes(data))
     with pytest.raises(LogError, match=r"is damaged \(database disk image is malformed"):
         SQLiteLog.open(path)
+
+
+def test_a_commit_that_fails_in_an_unforeseen_way_fails_the_marks_instead_of_hanging(
+        tmp_path: Path) -> None:
+    letters = make_letters(1)
+    log, run = _begin(tmp_path / "log.sqlite3", letters)
+    unwritable = Outcome(letters[0], Status.SENT, 1, 250, "Gr\udcfc\udcdfe")  # lone surrogates
+
+    async def main() -> None:
+        async with Recorder(log, run) as recorder:
+            recorder.record(unwritable)
+            await asyncio.sleep(Recorder.LINGER * 2)
+            with pytest.raises(LogError, match="cannot record: 'utf-8' codec"):
+                await asyncio.wait_for(recorder.sending(letters[0]), 5)
+
+    asyncio.run(main())
+    log.close()

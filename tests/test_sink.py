@@ -69,3 +69,16 @@ def _free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
+
+
+def test_a_port_out_of_range_or_a_maildir_that_is_a_file_is_a_clear_error(
+        tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("x", encoding="utf-8")
+    for args, message in ((["--port", "99999"], "Invalid value for '--port': 99999 is not in "
+                                                "the range 0<=x<=65535."),
+                          (["--maildir", str(tmp_path / "afile")], "is a file")):
+        result = subprocess.run([sys.executable, "-m", "mailer", "sink", *args],
+                                capture_output=True, text=True, timeout=20, check=False)
+        assert result.returncode == 2, result
+        assert message in result.stderr
+        assert "Traceback" not in result.stderr

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 import trustme
-from conftest import PASSWORD, USER, LoggedSend, Server, make_letters
-from servers import RecordingHandler, start_server
+from conftest import PASSWORD, USER, LoggedSend, Server, make_letters, scripted_settings
+from servers import RecordingHandler, ScriptedServer, start_server
 
-from mailer.errors import AuthError, TLSError
+from mailer.errors import AuthError, SendError, TLSError
 from mailer.outcome import Status
+from mailer.settings import Settings
 
 Send = Callable[..., LoggedSend]
 
@@ -84,3 +85,56 @@ def test_implicit_tls_delivers(ca: trustme.CA, ca_file: Path, send_logged: Send)
     finally:
         controller.stop()
     assert result.summary.counts == {Status.SENT: 2}
+
+
+def _fails_with(send_logged: Send, settings: Settings) -> str:
+    with pytest.raises(SendError) as caught:
+        send_logged(settings, make_letters(1))
+    return str(caught.value)
+
+
+def test_an_untrusted_certificate_on_implicit_tls_is_a_tls_error(
+        ca: trustme.CA, send_logged: Send) -> None:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    handler = RecordingHandler()
+    controller = start_server(handler, ssl_context=context)
+    try:
+        text = _fails_with(send_logged, Server(handler, controller.port).settings(
+            smtp_security="tls"))
+    finally:
+        controller.stop()
+    assert text.startswith(f"TLS with 127.0.0.1:{controller.port} failed: "
+                           "CERTIFICATE_VERIFY_FAILED: "), text
+    assert "is the server running" not in text
+
+
+def test_tls_on_a_starttls_port_says_which_security_fits_which_port(
+        tls_server: Server, send_logged: Send) -> None:
+    text = _fails_with(send_logged, tls_server.settings(smtp_security="tls"))
+    assert text == (f"TLS with 127.0.0.1:{tls_server.port} failed: the server did not answer "
+                    "in TLS, so MAILER_SMTP_SECURITY=tls does not fit this port; port 587 "
+                    "usually wants starttls, 465 tls")
+
+
+def test_no_tls_with_a_server_that_requires_starttls_names_the_setting(
+        tls_server: Server, send_logged: Send) -> None:
+    text = _fails_with(send_logged, tls_server.settings(smtp_security="none"))
+    assert text.startswith(f"127.0.0.1:{tls_server.port} refused to take mail without TLS "
+                           "(530 "), text
+    assert text.endswith("it offers STARTTLS, so set MAILER_SMTP_SECURITY=starttls")
+    text = _fails_with(send_logged, tls_server.settings(
+        smtp_security="none", smtp_username=USER, smtp_password=PASSWORD))
+    assert text == (f"127.0.0.1:{tls_server.port} logs in only after STARTTLS: it offers "
+                    "STARTTLS, so set MAILER_SMTP_SECURITY=starttls")
+
+
+def test_a_421_greeting_is_a_refusal_not_a_server_that_is_down(send_logged: Send) -> None:
+    server = ScriptedServer(max_connections=0).start()
+    try:
+        text = _fails_with(send_logged, scripted_settings(server))
+    finally:
+        server.stop()
+    assert text == (f"127.0.0.1:{server.port} refused the connection: 421 4.7.0 scripted: too "
+                    "many connections from 127.0.0.1; it may be busy, or allow fewer "
+                    "connections at once (MAILER_CONCURRENCY): try again later")
