@@ -85,7 +85,7 @@ def parse_address_list(text: str) -> list[Mailbox]:
     so it never guesses (unlike `email.utils.getaddresses`, see CVE-2023-27043).
     """
     mailboxes = []
-    for words, angle in _mailbox_tokens(text):
+    for words, angle in mailbox_parts(text):
         if angle is None:
             if len(words) != 1:
                 raise InvalidAddress(f"{' '.join(words)!r} is not an address; write a name "
@@ -96,8 +96,10 @@ def parse_address_list(text: str) -> list[Mailbox]:
     return mailboxes
 
 
-def _mailbox_tokens(text: str) -> Iterator[tuple[list[str], str | None]]:
-    """Yield (phrase words, angle address or None) for each comma-separated mailbox."""
+def mailbox_parts(text: str) -> Iterator[tuple[list[str], str | None]]:
+    """Yield (phrase words, angle address or None) for each comma-separated mailbox, validating
+    nothing but the syntax (quotes, angle brackets, no comments): `parse_address_list`'s reading,
+    which the template also uses to find where its variables stand."""
     words: list[str] = []
     angle: str | None = None
     i, n = 0, len(text)

@@ -71,6 +71,7 @@ class Campaign:
         return RecipientList(self.recipients_path,
                              required=self.template.required_fields(),
                              single_line=self.template.header_variables(),
+                             addresses=self.template.address_variables(),
                              allow_duplicates=self.allow_duplicates)
 
     def build_one(self, recipient: Recipient, *, redirect_to: str | None = None

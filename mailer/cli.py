@@ -287,6 +287,9 @@ def _report(summary: SendSummary, missing: int = 0, recipients: Path | None = No
     rate = summary.total / summary.elapsed if summary.elapsed > 0 else 0.0
     click.echo(f"{'Stopped' if summary.interrupted else 'Done'}: {counts} in "
                f"{summary.elapsed:.1f}s ({rate:.1f} letters/s).")
+    if summary.copies_refused:
+        click.echo(f"{plural(summary.copies_refused, 'letter')} went without a Cc or Bcc copy "
+                   "that the server refused; mailer log --status sent shows the replies.")
     if summary.throttled:
         click.echo(f"The server asked this run to slow down ({shown(summary.throttled)}); it "
                    f"went on with {plural(summary.connections, 'connection')}.")

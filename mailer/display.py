@@ -92,7 +92,7 @@ class Progress:
         rate = sum(self.counts.values()) / max(time.monotonic() - self._started, 1e-9)
         tally = ", ".join(f"{n} {s}" for s, n in self.counts.items()) + f", {rate:.1f}/s"
         self._bar.update(self._task, advance=1, tally=tally)
-        if outcome.status != Status.SENT:
+        if outcome.status != Status.SENT or outcome.copies_refused:
             self._bar.console.print(Text(outcome_line(outcome)))
 
 

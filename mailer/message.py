@@ -5,6 +5,15 @@ only a small, fixed part of MIME: folded or RFC 2047-encoded headers, a UTF-8 te
 or quoted-printable), an optional HTML alternative and attachments. Attachments are the same
 in every letter, so each is encoded once. Property tests parse every shape this writes back
 with `email.parser.BytesParser(policy=email.policy.default)` and compare.
+
+Header lines are at most 76 characters, the RFC 2047 limit for a line with an encoded word
+(only a header name longer than 50 characters, or an address too long for a line, makes a
+longer one), and never more than 998. Encoded words are Q-encoded when that is shorter or most
+of the text's bytes are ASCII (readable, and not scored by spam filters as base64 names are),
+base64 otherwise.
+
+Every address in To, Cc, Bcc and Reply-To is checked against the row and the template (see
+`mailer.template` for the rule); To, Cc and Bcc make the envelope.
 """
 
 from __future__ import annotations
@@ -23,14 +32,28 @@ from functools import lru_cache
 from pathlib import Path
 
 from .addresses import InvalidAddress, Mailbox, parse_address_list
-from .recipients import Recipient
+from .recipients import Recipient, column_address
 from .settings import Settings
-from .template import ADDRESS_HEADERS, LetterTemplate, Rendered, RenderError
+from .template import (
+    ADDRESS_HEADERS,
+    GUARDED_HEADERS,
+    LINE_BREAK,
+    SETTINGS_VARIABLES,
+    LetterTemplate,
+    Rendered,
+    RenderError,
+)
 
 _MAX_LINE = 998
-_FOLD_AT = 78
-# Bytes of UTF-8 per encoded word, so that `=?utf-8?b?...?=` stays within 75 characters.
-_WORD_BYTES = 45
+# RFC 2047 section 2: 76 characters on a line holding an encoded word, which itself is at most
+# 75 (so it fits after a continuation line's space). One limit for every header line keeps
+# folding simple (RFC 5322 asks for 78).
+_HEADER_LINE = 76
+_WORD = _HEADER_LINE - 1
+_WORD_FRAME = len("=?utf-8?q??=")
+# RFC 2047 section 5(3): the only characters a Q-encoded word may show as themselves in a
+# display name; using them in a Subject too gives one encoding for both.
+_Q_PLAIN = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!*+-/")
 _ATEXT = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
                    "!#$%&'*+-/=?^_`{|}~ ")
 
@@ -72,7 +95,9 @@ class LetterBuilder:
 
         `redirect_to` sends the letter, unchanged, to that address instead (a test send).
         """
-        rendered = self.template.render({**self._extra, **recipient.fields})
+        # The settings win: a column named like one must not change the sender (the list
+        # refuses such columns; this holds for rows made by other code too).
+        rendered = self.template.render({**recipient.fields, **self._extra})
         return self.encode(recipient, rendered, redirect_to=redirect_to)
 
     def encode(self, recipient: Recipient, rendered: Rendered, *,
@@ -80,7 +105,7 @@ class LetterBuilder:
         """Encode an already rendered letter (see `build`)."""
         lines: list[str] = []
         envelope: list[str] = []
-        allowed = _Allowed(recipient, self.template)
+        allowed = _Allowed(recipient, self.template, self.settings.from_address)
         for name in ADDRESS_HEADERS:
             mailboxes = [m for value in rendered.get(name) for m in _mailboxes(name, value)]
             if name == "To" and not mailboxes:
@@ -88,14 +113,16 @@ class LetterBuilder:
             if name == "From" and not mailboxes:
                 lines.append(self._from)
                 continue
-            if name in ("To", "Cc", "Bcc"):
+            if name in GUARDED_HEADERS:
                 for box in mailboxes:
                     if box.address.casefold() not in allowed:
                         raise RenderError(f"the {name} header names {box.address}, which is "
                                           "neither this row's value nor written in the template;"
                                           " a value in a name field must not add a recipient")
                     address = box.address
-                    if address.casefold() not in {a.casefold() for a in envelope}:
+                    # A reply address gets no copy of the letter.
+                    if name != "Reply-To" and address.casefold() not in {
+                            a.casefold() for a in envelope}:
                         envelope.append(address)
             if mailboxes and name != "Bcc":
                 lines.append(address_header(name, mailboxes))
@@ -144,94 +171,130 @@ def _default_name(fields: dict[str, str]) -> str:
 
 
 class _Allowed:
-    """Addresses a letter may go to: a whole field of its row, or text written in the template.
+    """Addresses (casefolded) a letter may name in To, Cc, Bcc and Reply-To: the row's email,
+    the value of each column the template uses whole as an address (raising RenderError for the
+    column if it holds something else), the sender's address where the template uses
+    `{{ sender_email }}` so, and addresses written in the template's own address headers.
 
-    A name like ``evil@x.example, Bob`` rendered into a bare `To: {{ name }} <...>` would
-    otherwise add a recipient nobody listed.
+    A value shown in a display name is none of these: ``evil@x.example, Bob`` rendered into
+    `To: {{ name }} <{{ email }}>` would otherwise add a recipient nobody listed.
     """
 
-    def __init__(self, recipient: Recipient, template: LetterTemplate) -> None:
-        self._fields = recipient.fields
-        self._email = recipient.email.casefold()
+    def __init__(self, recipient: Recipient, template: LetterTemplate, sender: str) -> None:
+        self._known = {recipient.email.casefold()}
+        for name in template.address_variables():
+            if name == "sender_email":
+                self._known.add(sender.casefold())  # a setting, validated when it was loaded
+            elif name in recipient.fields and name not in SETTINGS_VARIABLES:
+                try:
+                    self._known.add(column_address(recipient.fields[name]).casefold())
+                except ValueError as error:  # the list was read without the template's rules
+                    raise RenderError(str(error), name) from None
         self._template = template
 
     def __contains__(self, address: object) -> bool:
-        if address == self._email:
+        if address in self._known:
             return True
         assert isinstance(address, str)
-        if any(value.strip().casefold() == address for value in self._fields.values()):
-            return True
         # Whole, not part of a longer address ("ice@example.org" is not in "office@...").
         written = re.compile(rf"(?<![\w.@!#$%&'*+/=?^`{{|}}~-]){re.escape(address)}(?![\w.-])")
-        return any(written.search(value.casefold()) for _, value, _ in self._template.headers)
+        return any(written.search(value.casefold()) for name, value, _ in self._template.headers
+                   if name in ADDRESS_HEADERS)
 
 
 def address_header(name: str, mailboxes: Iterable[Mailbox]) -> str:
-    """`Name: a, b` with each mailbox encoded, folded between mailboxes."""
-    return _fold(f"{name}: ", [format_mailbox(m) for m in mailboxes], ", ")
+    """`Name: a, b` with each mailbox's name plain, quoted or encoded, folded between words."""
+    prefix = f"{name}: "
+    words: list[str] = []
+    for mailbox in mailboxes:
+        if words:
+            words[-1] += ","
+        # The first mailbox starts on the header's own line; any other may start a new one.
+        words += _mailbox_words(mailbox, _HEADER_LINE - len(prefix) if not words else _WORD)
+    return _fold(prefix, words)
 
 
-def format_mailbox(mailbox: Mailbox) -> str:
-    """One mailbox as header text: quoted or RFC 2047-encoded name, then `<address>`
-    (addresses are ASCII already: `normalize_address` writes international domains in IDNA)."""
+def _mailbox_words(mailbox: Mailbox, room: int) -> list[str]:
+    """One mailbox as header words, the first within `room` characters: a plain or quoted name
+    or RFC 2047 encoded words, then `<address>` (addresses are ASCII already:
+    `normalize_address` writes international domains in IDNA)."""
     name = mailbox.name
     if not name:
-        return mailbox.address
-    if not name.isascii() or any(c < " " or c == "\x7f" for c in name) or "=?" in name:
-        shown = encode_words(name)
-    elif len(name) > _FOLD_AT // 2:
-        shown = encode_words(name)  # a long name must still fold within the line limit
-    elif set(name) <= _ATEXT and name == name.strip() and "  " not in name:
-        shown = name
-    else:
-        shown = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return f"{shown} <{mailbox.address}>"
+        return [mailbox.address]
+    address = f"<{mailbox.address}>"
+    if name.isascii() and name.isprintable() and "=?" not in name:
+        words = name.split(" ")
+        # Atoms split by single spaces fold between them and unfold to the same name.
+        if set(name) <= _ATEXT and "" not in words and max(map(len, words)) <= room:
+            return [*words, address]
+        quoted = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        if len(quoted) <= room:
+            return [quoted, address]
+    return [*encode_words(name, room), address]
 
 
 @lru_cache(maxsize=1024)
 def unstructured_header(name: str, value: str) -> str:
     """A header such as Subject: plain and folded if it can be, else RFC 2047 encoded words."""
-    if any(c in value for c in "\r\n\0"):
+    if LINE_BREAK.search(value) or "\0" in value:
         raise RenderError(f"the {name} header contains a line break")
     value = value.strip()
-    words = value.split(" ")
+    prefix = f"{name}: "
+    # A run of spaces stays with the word after it, so no continuation line is only spaces.
+    words = _SPACE.split(value)
     plain = (value.isascii() and value.isprintable() and "=?" not in value
-             and max(map(len, words), default=0) <= _FOLD_AT - len(name) - 2)
-    if plain:
-        return _fold(f"{name}: ", words, " ")
-    return f"{name}: {encode_words(value)}"
+             and max(map(len, words)) <= _HEADER_LINE - len(prefix))
+    return _fold(prefix, words if plain else encode_words(value, _HEADER_LINE - len(prefix)))
 
 
-def encode_words(text: str) -> str:
-    """RFC 2047 base64 encoded words, each within 75 characters, folded between them."""
-    raw = text.encode("utf-8")
-    if len(raw) <= _WORD_BYTES:  # most names and subjects: one word
-        return f"=?utf-8?b?{base64.b64encode(raw).decode()}?="
-    chunks: list[str] = []
-    current: list[bytes] = []
-    size = 0
-    for char in text:
-        encoded = char.encode("utf-8")
-        if size + len(encoded) > _WORD_BYTES:
-            chunks.append(b"".join(current).decode())
-            current, size = [], 0
-        current.append(encoded)
-        size += len(encoded)
-    if current or not chunks:
-        chunks.append(b"".join(current).decode())
-    return "\r\n ".join(f"=?utf-8?b?{base64.b64encode(c.encode()).decode()}?=" for c in chunks)
+_SPACE = re.compile(r"(?<! ) ")
 
 
-def _fold(prefix: str, items: list[str], separator: str) -> str:
-    """Join items, breaking lines before an item that would pass 78 characters."""
-    lines = [prefix + items[0] if items else prefix.rstrip()]
-    for item in items[1:]:
-        if len(lines[-1]) + len(separator) + len(item) > _FOLD_AT:
-            # The separator's trailing space stays before the break, so unfolding is exact.
-            lines[-1] += separator.rstrip()
-            lines.append(" " + item)
+def encode_words(text: str, first: int = _WORD) -> list[str]:
+    """RFC 2047 encoded words for `text`, each of whole characters: the first within `first`
+    characters (it shares a line with what comes before it), the others within 75.
+
+    Q encoding when it is shorter or most of the UTF-8 bytes are ASCII, base64 otherwise.
+    """
+    q = [_q_encoded(char) for char in text]
+    raw = text.encode()
+    use_q = sum(map(len, q)) <= -(-len(raw) // 3) * 4 or 2 * sum(b < 0x80 for b in raw) > len(raw)
+    words: list[str] = []
+    chunk: list[str] = []
+    size, room = 0, first - _WORD_FRAME
+    for char, coded in zip(text, q, strict=True):
+        cost = len(coded) if use_q else len(char.encode())
+        # Base64 spends 4 characters on each 3 bytes or part of them.
+        if chunk and (size + cost if use_q else -(-(size + cost) // 3) * 4) > room:
+            words.append(_encoded_word(chunk, use_q))
+            chunk, size, room = [], 0, _WORD - _WORD_FRAME
+        chunk.append(coded if use_q else char)
+        size += cost
+    words.append(_encoded_word(chunk, use_q))
+    return words
+
+
+def _q_encoded(char: str) -> str:
+    if char == " ":
+        return "_"
+    return "".join(chr(byte) if byte in _Q_PLAIN else f"={byte:02X}" for byte in char.encode())
+
+
+def _encoded_word(chunk: list[str], use_q: bool) -> str:
+    if use_q:
+        return f"=?utf-8?q?{''.join(chunk)}?="
+    return f"=?utf-8?b?{base64.b64encode(''.join(chunk).encode()).decode()}?="
+
+
+def _fold(prefix: str, words: list[str]) -> str:
+    """`prefix` and the words one space apart, a line broken before a word that would take it
+    past 76 characters: the space starts the next line, so unfolding restores the text."""
+    lines = [prefix + words[0] if words else prefix.rstrip()]
+    for word in words[1:]:
+        if len(lines[-1]) + 1 + len(word) > _HEADER_LINE:
+            lines.append(" " + word)
         else:
-            lines[-1] += separator + item
+            lines[-1] += " " + word
     return "\r\n".join(lines)
 
 

@@ -35,6 +35,8 @@ class Outcome:
     # Unix times of the run's first and last try at this letter.
     first_try: float | None = None
     last_try: float | None = None
+    # Cc or Bcc addresses refused while the letter itself went (the reply names them).
+    copies_refused: int = 0
 
     def describe(self) -> str:
         """`550 5.1.1 no such user` or a plain reason, for people."""

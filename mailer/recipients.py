@@ -8,7 +8,6 @@ only a 64-bit hash per address is kept to find duplicates).
 from __future__ import annotations
 
 import csv
-import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from .addresses import InvalidAddress, normalize_address
 from .errors import ConfigError, InputError, Problem
+from .template import CONTROL, LINE_BREAK, SETTINGS_VARIABLES
 
 _DELIMITERS = (",", ";", "\t")
 
@@ -38,18 +38,14 @@ def _no_nul(value: str) -> str:
 
 
 def _single_line(value: str) -> str:
-    if "\r" in value or "\n" in value:
+    if LINE_BREAK.search(value):
         raise ValueError("contains a line break, but it is used in a mail header; "
                          "put it on one line")
-    control = _CONTROL.search(value)
+    control = CONTROL.search(value)
     if control:
         raise ValueError(f"contains a control character (U+{ord(control[0]):04X}), but it is "
                          "used in a mail header; remove it")
     return value
-
-
-# ASCII controls but tab: a mail reader flags them in a header even when encoded (RFC 2047).
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 def _required(value: str) -> str:
@@ -67,10 +63,28 @@ def _email(value: str) -> str:
         raise ValueError(f"{value!r} is not a valid address: {error}") from None
 
 
+def column_address(value: str) -> str:
+    """The normalized address in a field the template uses as an address, or "" if the field is
+    blank; ValueError saying what to fix if it holds anything else (a name, two addresses)."""
+    if not value.strip():
+        return ""
+    try:
+        return normalize_address(value.strip())
+    except InvalidAddress as error:
+        raise ValueError(f"{value!r} is not a valid address ({error}), but the template uses "
+                         "this column as an address; put one address in it") from None
+
+
+def _address(value: str) -> str:
+    column_address(value)
+    return value  # as written: the row shows it in the letter as the list has it
+
+
 def row_model(columns: list[str], required: Iterable[str] = (),
-              single_line: Iterable[str] = ()) -> type[BaseModel]:
+              single_line: Iterable[str] = (), addresses: Iterable[str] = ()
+              ) -> type[BaseModel]:
     """A pydantic model for rows with these columns (the `email` column is always checked)."""
-    required, single_line = set(required), set(single_line)
+    required, single_line, addresses = set(required), set(single_line), set(addresses)
     fields: dict[str, Any] = {}
     for index, column in enumerate(columns):
         checks = [AfterValidator(_no_nul)]
@@ -81,6 +95,8 @@ def row_model(columns: list[str], required: Iterable[str] = (),
                 checks.append(AfterValidator(_single_line))
             if column in required:
                 checks.append(AfterValidator(_required))
+            if column in addresses:
+                checks.append(AfterValidator(_address))
         fields[f"c{index}"] = (Annotated[str, *checks], Field(alias=column))
     return create_model("RecipientRow", __config__=ConfigDict(frozen=True), **fields)
 
@@ -89,16 +105,18 @@ class RecipientList:
     """A recipient CSV file: iterate it for its valid rows and, as they come, the problems
     of the others (each row's, then the duplicates, found once the file is read).
 
-    `required` columns must be non-empty, `single_line` columns may not hold line breaks
-    (the template decides which: see `LetterTemplate.required_fields`).
+    `required` columns must be non-empty, `single_line` columns may not hold line breaks,
+    `addresses` columns must hold one valid address or nothing (the template decides which: see
+    `LetterTemplate.required_fields`, `header_variables` and `address_variables`).
     """
 
     def __init__(self, path: Path, *, required: Iterable[str] = (),
-                 single_line: Iterable[str] = (), allow_duplicates: bool = False) -> None:
+                 single_line: Iterable[str] = (), addresses: Iterable[str] = (),
+                 allow_duplicates: bool = False) -> None:
         self.path = path
         self.allow_duplicates = allow_duplicates
         self.columns = read_columns(path)
-        self._model = row_model(self.columns, required, single_line)
+        self._model = row_model(self.columns, required, single_line, addresses)
         # Records read by the last pass (the header and malformed records aside).
         self.rows = 0
 
@@ -169,7 +187,8 @@ class RecipientList:
 
 
 def read_columns(path: Path) -> list[str]:
-    """The header row's column names, with the email column (any case) named `email`."""
+    """The header row's column names, with the email column (any case) named `email`; raises
+    InputError if a column has no name, appears twice, or takes a settings variable's name."""
     header = next(_records(path, None, skip_header=False), None)
     if isinstance(header, Problem):
         raise InputError([header])
@@ -184,6 +203,11 @@ def read_columns(path: Path) -> list[str]:
         elif not name:
             problems.append(Problem(str(path), 1, f"column {index + 1} has no name; "
                                     "give every column a header"))
+        elif name in SETTINGS_VARIABLES:
+            # As a template variable it would replace the setting, forging From row by row.
+            problems.append(Problem(str(path), 1, f"column {name!r} is reserved: {{{{ {name} }}}} "
+                                    f"is {SETTINGS_VARIABLES[name]} from the settings, and a "
+                                    "column must not change the sender per row; rename it"))
     for name in {c for c in columns if columns.count(c) > 1}:
         problems.append(Problem(str(path), 1, f"column {name!r} appears twice; rename one"))
     if "email" not in columns:

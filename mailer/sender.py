@@ -42,6 +42,8 @@ class SendSummary:
     # The server's last request to slow down, and the connections the run went on with.
     throttled: str = ""
     connections: int = 0
+    # Letters sent without a Cc or Bcc copy the server refused.
+    copies_refused: int = 0
 
     @property
     def total(self) -> int:
@@ -184,7 +186,8 @@ class Sender:
         if attempt is None:
             return None
         return Outcome(letter, attempt.status, max(tries, 1), attempt.code, attempt.reply,
-                       first_try=first_try, last_try=time.time())
+                       first_try=first_try, last_try=time.time(),
+                       copies_refused=attempt.copies_refused)
 
     async def _paced(self, letter: Letter, stop: asyncio.Event) -> bool:
         """Wait for the letter's turn: the server's pause, the domain's limit and the run's
@@ -198,6 +201,7 @@ class Sender:
         if self.recorder is not None:
             self.recorder.record(outcome)
         self.summary.counts[outcome.status] += 1
+        self.summary.copies_refused += outcome.copies_refused > 0
         self._outcomes.put_nowait(outcome)
         if outcome.status == Status.SENT:
             self._failures_in_a_row = 0
@@ -214,7 +218,8 @@ class Sender:
 class _Throttle:
     """The server's requests to slow down: each makes every connection pause (1 s, then
     twice as long each time it asks again, up to 5 minutes; a letter that goes through
-    starts the count again) and leaves the run one connection fewer, down to one."""
+    starts the count again) and leaves the run one connection fewer, down to one. Refusals
+    that arrive during a pause answer tries made before it: they count as the same one."""
 
     FIRST = 1.0
     LONGEST = 300.0
@@ -225,6 +230,8 @@ class _Throttle:
         self._strikes = 0
 
     def hit(self) -> None:
+        if time.monotonic() < self._until:
+            return  # another connection's answer to the same request: it was counted
         self._strikes += 1
         pause = min(self.LONGEST, self.FIRST * 2.0 ** (self._strikes - 1))
         self._until = max(self._until, time.monotonic() + pause)

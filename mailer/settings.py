@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 
 from .addresses import InvalidAddress, normalize_address
 from .errors import ConfigError
+from .template import CONTROL, LINE_BREAK
 
 PLACEHOLDER_FROM = "organiser@campaign.example"
 PLACEHOLDER_NAME = "Campaign Organiser (placeholder)"
@@ -111,9 +112,9 @@ class Settings(BaseModel):
     @field_validator("sender_name", "smtp_host", "smtp_username")
     @classmethod
     def _single_line(cls, value: str | None) -> str | None:
-        if value is not None and any(c in value for c in "\r\n\0"):
+        if value is not None and (LINE_BREAK.search(value) or "\0" in value):
             raise ValueError("must be a single line (no line breaks)")
-        if value is not None and re.search(r"[\x00-\x08\x0a-\x1f\x7f]", value):
+        if value is not None and CONTROL.search(value):
             raise ValueError("must not contain control characters")
         return value
 

@@ -54,6 +54,8 @@ class Attempt:
     throttled: bool = False
     # This connection could not be opened while others are: the server allows fewer.
     extra_connection: bool = False
+    # Cc or Bcc addresses the server refused while it took the letter.
+    copies_refused: int = 0
 
 
 def reply_text(message: str) -> str:
@@ -235,7 +237,8 @@ class Connection:
                 return Attempt(Status.UNKNOWN, reply=f"{reason} after the letter was sent: "
                                "the server may have it")
             return Attempt(Status.DEFERRED, reply=reason, retry=True)
-        return Attempt(Status.SENT, reply.code, "; ".join([reply_text(reply.message), *others]))
+        return Attempt(Status.SENT, reply.code, "; ".join([reply_text(reply.message), *others]),
+                       copies_refused=len(others))
 
     async def _content(self, smtp: aiosmtplib.SMTP, data: bytes) -> aiosmtplib.SMTPResponse:
         """Send a letter's content and its final dot; the server's reply."""

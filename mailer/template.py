@@ -10,6 +10,22 @@ The format is mailmerge's, so its templates work unchanged::
 
 An HTML version of the body may sit beside the text template with the same stem
 (`letter.txt` + `letter.html`); it is rendered with autoescape and sent as an alternative.
+
+Who a letter goes to. An address in To, Cc, Bcc or Reply-To must be one of:
+
+- the row's `email`;
+- the value of a column the template uses *whole as an address*: a bare `{{ column }}` that is
+  a whole mailbox (`Cc: {{ assistant }}`, `Cc: office@example.org, {{ assistant }}`) or the
+  whole text between `<` and `>` (`Cc: "Office" <{{ assistant }}>`), in any branch of an
+  `{% if %}`. The check holds each such column to one valid address per row (or nothing);
+- an address written in the template's own address headers.
+
+A variable anywhere else in an address header (in a display name, next to other text, through
+a filter) stands in a name, and its value never contributes an address: `To: {{ name }}
+<{{ email }}>` with name `evil@example.com, Bob` is refused, even if another column of the row
+holds evil@example.com. `address_variables` finds the address positions in the Jinja syntax
+tree, reading each way through the header's `{% if %}` blocks as `parse_address_list` reads a
+rendered header.
 """
 
 from __future__ import annotations
@@ -24,15 +40,23 @@ from jinja2 import StrictUndefined, TemplateError, TemplateSyntaxError, nodes
 from jinja2.meta import find_undeclared_variables
 from jinja2.sandbox import SandboxedEnvironment
 
+from .addresses import InvalidAddress, mailbox_parts
 from .errors import ConfigError, InputError, Problem
 
 ADDRESS_HEADERS = ("From", "To", "Cc", "Bcc", "Reply-To")
+# The headers whose every address is checked (see the module docstring); From is the sender's.
+GUARDED_HEADERS = ("To", "Cc", "Bcc", "Reply-To")
 _CANONICAL = {name.lower(): name for name in (*ADDRESS_HEADERS, "Subject", "Attachment")}
 # Headers mailer writes itself; a template that sets them would produce a broken message.
 _RESERVED = {"date", "message-id", "mime-version", "content-type", "content-transfer-encoding"}
 _HEADER_LINE = re.compile(r"([!-9;-~]+):[ \t]*(.*)")
-# Variables that come from settings rather than from the recipient list.
-SETTINGS_VARIABLES = ("sender_name", "sender_email")
+# Variables that come from settings rather than from the recipient list, with their setting.
+SETTINGS_VARIABLES = {"sender_name": "MAILER_SENDER_NAME", "sender_email": "MAILER_FROM"}
+# What some reader takes for the end of a line: CR, LF, and what str.splitlines also breaks at
+# besides the ASCII controls below (NEL, U+2028 LINE SEPARATOR, U+2029 PARAGRAPH SEPARATOR).
+LINE_BREAK = re.compile("[\r\n\x85\u2028\u2029]")
+# ASCII controls but tab: a mail reader flags them in a header even when RFC 2047-encoded.
+CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 class RenderError(ValueError):
@@ -46,14 +70,11 @@ class RenderError(ValueError):
 def _header_value(value: Any) -> Any:
     """Jinja `finalize` for headers: data can never bring a line break into a header."""
     text = value if isinstance(value, str) else str(value)
-    if "\r" in text or "\n" in text or "\0" in text:
+    if LINE_BREAK.search(text) or "\0" in text:
         raise RenderError("a value placed in a header contains a line break")
-    if _CONTROL.search(text):  # flagged by mail readers even when RFC 2047-encoded
+    if CONTROL.search(text):
         raise RenderError("a value placed in a header contains a control character")
     return value
-
-
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 def _address_value(value: Any) -> Any:
@@ -108,6 +129,7 @@ class LetterTemplate:
         self.html_path = html_path
         problems: list[Problem] = []
         self.optional: set[str] = set()
+        self._address_variables: frozenset[str] = frozenset()
         self.headers, body_line = _split_headers(path, text, problems)
         body = "\n".join(_lines(text)[body_line - 1:]) + "\n"
         self._pieces = [_Piece(name, value, line) for name, value, line in self.headers]
@@ -145,6 +167,8 @@ class LetterTemplate:
                 continue
             piece.variables = _variables(tree, piece.line)
             self.optional |= _tested_names(tree)
+            if piece.name in GUARDED_HEADERS:
+                self._address_variables |= _address_names(tree) & set(piece.variables)
 
     def _all_pieces(self) -> Iterable[_Piece]:
         yield from self._pieces
@@ -172,6 +196,11 @@ class LetterTemplate:
         if not any(piece.name == "To" for piece in self._pieces):
             names |= {"title", "name"}  # the default To header shows them
         return names
+
+    def address_variables(self) -> frozenset[str]:
+        """Variables used whole as an address in To, Cc, Bcc or Reply-To (see the module
+        docstring): the only ones whose values a letter may be addressed to, besides `email`."""
+        return self._address_variables
 
     def missing_columns(self, columns: Iterable[str]) -> list[Problem]:
         """A problem for every variable the template uses that neither CSV nor settings give."""
@@ -214,6 +243,56 @@ def _tested_names(tree: nodes.Template) -> set[str]:
             if isinstance(test, nodes.Name):
                 names.add(test.name)
     return names
+
+
+def _address_names(tree: nodes.Template) -> set[str]:
+    """Names a header uses whole as an address: a whole mailbox or a whole `<...>`, in some way
+    through its `{% if %}` blocks. A way that is not a valid address list tells nothing."""
+    found: set[str] = set()
+    for skeleton in _skeletons(tree.body):
+        try:
+            mailboxes = list(mailbox_parts(skeleton))
+        except InvalidAddress:
+            continue
+        for words, angle in mailboxes:
+            whole = _PLACE.fullmatch(angle if angle is not None else " ".join(words))
+            if whole:
+                found.add(whole[1])
+    return found
+
+
+# A variable's place in a skeleton, and anything else computed: private-use characters, which
+# the address tokenizer reads as part of a word, so that a variable next to other text (or to
+# another variable) is not whole.
+_PLACE = re.compile("\ue000(\\w+)\ue000")
+_COMPUTED = "\ue001"
+# Ways through a header's `{% if %}` blocks that are read; a variable in address position only
+# beyond them is merely not trusted with an address (its letters are refused, never misrouted).
+_MAX_WAYS = 64
+
+
+def _skeletons(body: list[nodes.Node]) -> list[str]:
+    """The header's text for each way through its `{% if %}` blocks, a bare `{{ name }}` written
+    as its `_PLACE` and any other computed part (a filter, a loop, a `{% set %}`) as one mark."""
+    ways = [""]
+    for node in body:
+        if isinstance(node, nodes.Output):
+            texts = ["".join(_skeleton_part(child) for child in node.nodes)]
+        elif isinstance(node, nodes.If):
+            branches = [node.body, *(elif_.body for elif_ in node.elif_), node.else_]
+            texts = [text for branch in branches for text in _skeletons(branch)]
+        else:
+            texts = [_COMPUTED]
+        ways = [way + text for way in ways for text in texts][:_MAX_WAYS]
+    return ways
+
+
+def _skeleton_part(node: nodes.Node) -> str:
+    if isinstance(node, nodes.TemplateData):
+        return str(node.data)
+    if isinstance(node, nodes.Name) and node.ctx == "load":
+        return f"\ue000{node.name}\ue000"
+    return _COMPUTED
 
 
 def _variables(tree: nodes.Template, first_line: int) -> dict[str, int]:

@@ -19,12 +19,13 @@ CSV = Path("recipients.csv")
 
 
 def read(files: CampaignFiles, text: str, *, required: Iterable[str] = (),
-         single_line: Iterable[str] = (), allow_duplicates: bool = False,
+         single_line: Iterable[str] = (), addresses: Iterable[str] = (),
+         allow_duplicates: bool = False,
          encoding: str = "utf-8") -> tuple[list[Recipient], list[str]]:
     """Write `text` as recipients.csv and read it all: the valid rows and every problem."""
     files.write_csv(text, encoding)
     recipients = RecipientList(CSV, required=required, single_line=single_line,
-                               allow_duplicates=allow_duplicates)
+                               addresses=addresses, allow_duplicates=allow_duplicates)
     items = list(recipients)
     rows = [item for item in items if isinstance(item, Recipient)]
     return rows, [str(item) for item in items if isinstance(item, Problem)]
@@ -341,3 +342,45 @@ def test_memory_with_duplicate_detection_is_a_few_bytes_per_row(files: CampaignF
     rows = 20_000
     peak = _peak_while_reading(files.root / "dedup.csv", rows, allow_duplicates=False)
     assert peak < 1_000_000 + 150 * rows, peak  # a hash per address, not the rows themselves
+
+
+# --- columns the template reads as settings, as addresses; line separators -------------------
+
+
+@pytest.mark.parametrize(("column", "setting"), [("sender_name", "MAILER_SENDER_NAME"),
+                                                 ("sender_email", "MAILER_FROM")])
+def test_a_column_named_like_a_settings_variable_is_refused(
+        files: CampaignFiles, column: str, setting: str) -> None:
+    # It used to override the setting in every letter, so each row could forge its own From.
+    files.write_csv(f"email,{column}\nada@example.org,Mallory\n")
+    with pytest.raises(InputError) as caught:
+        RecipientList(CSV)
+    assert str(caught.value) == (
+        f"recipients.csv:1: column {column!r} is reserved: {{{{ {column} }}}} is {setting} "
+        "from the settings, and a column must not change the sender per row; rename it")
+
+
+@pytest.mark.parametrize("char", ["\x85", "\u2028", "\u2029"], ids=["NEL", "LS", "PS"])
+def test_unicode_line_separator_in_a_header_field_is_a_line_break(
+        files: CampaignFiles, char: str) -> None:
+    # Mail readers and str.splitlines break lines there; it used to pass as an ordinary letter.
+    rows, problems = read(files, f"email,name\nada@example.org,Ada{char}Bcc: x\n",
+                          single_line={"name"})
+    assert rows == []
+    assert problems == ["recipients.csv:2: name: contains a line break, but it is used in a mail "
+                        "header; put it on one line"]
+
+
+def test_a_column_used_as_an_address_must_hold_one_valid_address(files: CampaignFiles) -> None:
+    rows, problems = read(files, "email,assistant\nada@example.org,Bob\n"
+                                 "grace@example.net,\"aide@example.org, evil@example.com\"\n"
+                                 "carol@example.com, Aide@Example.ORG \n"
+                                 "dave@example.com,\n", addresses={"assistant"})
+    assert [r.line for r in rows] == [4, 5]
+    assert rows[0].fields["assistant"] == " Aide@Example.ORG "  # checked, kept as written
+    assert problems == [
+        "recipients.csv:2: assistant: 'Bob' is not a valid address (An email address must have "
+        "an @-sign.), but the template uses this column as an address; put one address in it",
+        "recipients.csv:3: assistant: 'aide@example.org, evil@example.com' is not a valid "
+        "address (The part after the @-sign contains invalid characters: ',', '@', SPACE.), but "
+        "the template uses this column as an address; put one address in it"]

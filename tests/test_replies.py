@@ -68,6 +68,7 @@ def test_a_refused_cc_is_kept_in_the_reply_and_not_retried(smtp_server: Server,
     assert (entry.status, entry.attempts) == (Status.SENT, 1)
     assert entry.reply_text == ("2.0.0 OK: queued; office@campaign.example refused: "
                                 "550 5.7.1 relay denied")
+    assert result.summary.copies_refused == 1
     assert smtp_server.handler.commands["RCPT"] == 2
 
 

@@ -274,3 +274,46 @@ def test_no_html_sibling_means_text_only(files: CampaignFiles) -> None:
     template = load(files, "Subject: Hi\n\nDear\n")
     assert not template.has_html
     assert template.render(ADA).html is None
+
+
+@pytest.mark.parametrize("value", ["Ada\x85Bcc: x", "Ada\u2028Bcc: x", "Ada\u2029Bcc: x"],
+                         ids=["NEL", "LS", "PS"])
+def test_value_with_a_unicode_line_separator_in_a_header_is_a_render_error(
+        files: CampaignFiles, value: str) -> None:
+    # Mail readers break the displayed header there; it used to be RFC 2047-encoded and sent.
+    template = load(files, "Subject: Hello {{ name }}\n\nDear {{ name }}\n")
+    with pytest.raises(RenderError, match="a value placed in a header contains a line break"):
+        template.render({**ADA, "name": value})
+
+
+# --- address positions -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("header", "expected"), [
+    ("Cc: {{ assistant }}", {"assistant"}),
+    ('Cc: "Office of {{ name }}" <{{ assistant }}>', {"assistant"}),
+    ("Reply-To: {{ name }} < {{ assistant }} >", {"assistant"}),
+    ("Bcc: archive@example.org, {{ assistant }}", {"assistant"}),
+    ('Cc: "{{ assistant }}"', {"assistant"}),
+    ("Cc: {% if assistant %}{{ assistant }}{% endif %}", {"assistant"}),
+    ("Cc: office@example.org{% if assistant %}, {{ assistant }}{% endif %}", {"assistant"}),
+    ("Cc: {% if a %}<{{ a }}>{% elif b %}{{ b }}{% else %}{{ c }} <x@example.org>{% endif %}",
+     {"a", "b"}),
+    ("To: {{ name }} <{{ email }}>", {"email"}),
+    ('To: "{{ title }} {{ name }}" <{{ email }}>', {"email"}),
+    ('To: "{{ name }}, {{ title }}" <{{ email }}>', {"email"}),
+    ("Reply-To: {{ sender_email }}", {"sender_email"}),
+    ("Cc: {{ assistant | lower }}", set()),
+    ("Cc: {{ user }}@example.org", set()),
+    ("Cc: <{{ user }}@example.org>", set()),
+    ("Cc: {{ first }}{{ last }}", set()),
+    ("Cc: {{ name }} {{ assistant }}", set()),
+    ("Cc: {% set x = name %}{{ x }}", set()),
+    ("Cc: {% for a in assistants.split() %}{{ a }}, {% endfor %}x@example.org", set()),
+    ("From: {{ desk }}", set()),
+    ("X-Contact: {{ assistant }}", set()),
+])
+def test_address_variables_are_those_used_whole_as_an_address(
+        files: CampaignFiles, header: str, expected: set[str]) -> None:
+    template = load(files, f"Subject: Hi\n{header}\n\nBody\n")
+    assert template.address_variables() == expected
