@@ -386,7 +386,7 @@ def sink(host: str, port: int, maildir: Path) -> None:
         raise ConfigError(f"--maildir {maildir}: {error.strerror or error}; choose a folder "
                           "you can write to") from None
     try:
-        controller = start_sink(handler, host, port)
+        controller = start_sink(handler, host, port, data_size_limit=None)  # any size
     except OSError as error:
         raise ConfigError(f"cannot listen on {host}:{port}: {error.strerror or error}; "
                           "choose another --port") from None

@@ -229,6 +229,7 @@ class Delivery:
                                  "send again to check it")
             due.discard(built.email.casefold())
             yield built
+            del built  # not to keep a large letter alive while the next is built
         self.missing = len(due)
 
     async def send(self, stop: asyncio.Event) -> AsyncIterator[Outcome]:

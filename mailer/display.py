@@ -33,6 +33,8 @@ _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u20
 _LINE_BREAK = re.compile("[\t\n\r\u2028\u2029]")
 # OWASP's CSV injection advice: a cell starting with one of these runs as a formula.
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+# The start of a letter that a preview reads.
+_PREVIEW = 1 << 20
 # The table of `mailer log` shows this many rows; --format csv or json lists them all.
 TABLE_ROWS = 200
 
@@ -146,7 +148,9 @@ def print_table(entries: Iterable[Entry], title: str | None, *, several: bool) -
 
 def readable(data: bytes) -> str:
     """A letter as a person reads it: decoded headers, then the text body."""
-    message = BytesParser(policy=policy.default).parsebytes(data)
+    # Its text comes before any attachment: parsing a large one whole would cost many times
+    # its size.
+    message = BytesParser(policy=policy.default).parsebytes(data[:_PREVIEW])
     lines = [f"{name}: {value}" for name, value in message.items()
              if name.lower() not in {"mime-version", "content-type", "content-transfer-encoding"}]
     body = message.get_body(preferencelist=("plain",))

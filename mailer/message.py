@@ -129,11 +129,14 @@ class LetterBuilder:
         for name, value in rendered.headers:
             if name not in ADDRESS_HEADERS and name != "Attachment":
                 lines.append(unstructured_header(name, value))
-        msgid = message_id(self.campaign, recipient.email, self._domain)
+        # A test send has a Message-ID of its own: a receiver that drops a repeated one
+        # must not drop the real letter later.
+        msgid = (f"<{secrets.token_hex(16)}.test@{self._domain}>" if redirect_to
+                 else message_id(self.campaign, recipient.email, self._domain))
         lines += [f"Date: {self._now()}", f"Message-ID: {msgid}", "MIME-Version: 1.0"]
         attachments = [self._attachment(value) for value in rendered.get("Attachment")]
         head = "\r\n".join(lines).encode("ascii")
-        data = head + b"\r\n" + mime_body(rendered.text, rendered.html, attachments)
+        data = b"".join([head, b"\r\n", *mime_body(rendered.text, rendered.html, attachments)])
         targets = (redirect_to,) if redirect_to else tuple(envelope)
         return Letter(recipient.line, recipient.email, self.settings.from_address, targets,
                       msgid, data)
@@ -324,10 +327,13 @@ def _short_lines(raw: bytes) -> bool:
     return len(raw) <= _MAX_LINE or all(len(line) <= _MAX_LINE for line in raw.split(b"\n"))
 
 
+# 1,024 lines of base64 (57 bytes each).
+_BASE64_BLOCK = 57 * 1024
+
+
 @lru_cache(maxsize=64)
 def attachment_part(path: Path) -> bytes:
     """A base64 attachment part for a file; cached, since every letter carries the same one."""
-    data = path.read_bytes()
     kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     name = path.name
     if name.isascii() and name.isprintable() and '"' not in name and "\\" not in name:
@@ -338,26 +344,33 @@ def attachment_part(path: Path) -> bytes:
         disposition = f"attachment; filename*=utf-8''{quoted}"
     head = (f"Content-Type: {kind}\r\nContent-Disposition: {disposition}\r\n"
             "Content-Transfer-Encoding: base64\r\n\r\n")
-    return head.encode() + base64.encodebytes(data).replace(b"\n", b"\r\n")
+    pieces = [head.encode()]
+    with path.open("rb") as file:
+        # A block at a time: never the whole file, its encoding and a copy at once.
+        while block := file.read(_BASE64_BLOCK):
+            pieces.append(base64.encodebytes(block).replace(b"\n", b"\r\n"))
+    return b"".join(pieces)
 
 
-def mime_body(text: str, html: str | None, attachments: list[bytes]) -> bytes:
-    """The MIME entity after the top-level headers: starts with its own Content-Type."""
-    body = text_part(text, "plain")
+def mime_body(text: str, html: str | None, attachments: list[bytes]) -> list[bytes]:
+    """The MIME entity after the top-level headers, as pieces to join once (an attachment
+    is a piece every letter shares, not copied into each step)."""
+    body = [text_part(text, "plain")]
     if html is not None:
-        body = multipart("alternative", [body, text_part(html, "html")])
+        body = multipart("alternative", [body, [text_part(html, "html")]])
     if attachments:
-        body = multipart("mixed", [body, *attachments])
+        body = multipart("mixed", [body, *([part] for part in attachments)])
     return body
 
 
-def multipart(subtype: str, parts: list[bytes]) -> bytes:
+def multipart(subtype: str, parts: list[list[bytes]]) -> list[bytes]:
     """A multipart entity with a boundary that occurs in none of its parts."""
     while True:
         boundary = f"=_mailer_{secrets.token_hex(12)}"
         marker = boundary.encode()
-        if not any(marker in part for part in parts):
+        if not any(marker in piece for part in parts for piece in part):
             break
-    head = f'Content-Type: multipart/{subtype}; boundary="{boundary}"\r\n\r\n'.encode()
-    separator = b"\r\n--" + marker + b"\r\n"
-    return head + b"--" + marker + b"\r\n" + separator.join(parts) + b"\r\n--" + marker + b"--\r\n"
+    pieces = [f'Content-Type: multipart/{subtype}; boundary="{boundary}"\r\n\r\n'.encode()]
+    for part in parts:
+        pieces += [b"--" + marker + b"\r\n", *part, b"\r\n"]
+    return [*pieces, b"--" + marker + b"--\r\n"]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from .message import Letter
 
@@ -25,7 +28,9 @@ class Status(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """The end of one letter's tries in a run, with the server's last word on it."""
+    """The end of one letter's tries in a run, with the server's last word on it. It keeps
+    the letter's SHA-256, not its bytes (a letter with a large attachment is not held
+    longer than its send: `Outcome.of`)."""
 
     letter: Letter
     status: Status
@@ -37,6 +42,13 @@ class Outcome:
     last_try: float | None = None
     # Cc or Bcc addresses refused while the letter itself went (the reply names them).
     copies_refused: int = 0
+    sha256: str = ""
+
+    @classmethod
+    def of(cls, letter: Letter, status: Status, attempts: int, **details: Any) -> Outcome:
+        """The outcome of `letter`, holding its hash and not its bytes."""
+        return cls(dataclasses.replace(letter, data=b""), status, attempts,
+                   sha256=hashlib.sha256(letter.data).hexdigest(), **details)
 
     def describe(self) -> str:
         """`550 5.1.1 no such user` or a plain reason, for people."""

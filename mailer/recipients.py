@@ -230,6 +230,10 @@ def _records(path: Path, columns: list[str] | None, *,
         first = next(lines, None)
         if first is None:
             return
+        if "\r" in first.rstrip("\r\n"):
+            raise InputError([Problem(str(path), 1, "its lines end with a carriage return alone "
+                                      "(an old Mac format); save it as CSV with Windows (CRLF) "
+                                      "or Unix (LF) line ends")])
         delimiter = max(_DELIMITERS, key=first.count)
         position = _LineCounter()
         reader = csv.reader(position.track(_chain(first, lines)), delimiter=delimiter,
@@ -242,7 +246,7 @@ def _records(path: Path, columns: list[str] | None, *,
             except StopIteration:
                 return
             except csv.Error as error:
-                yield Problem(str(path), start, f"malformed CSV ({error}); check the quotes")
+                yield Problem(str(path), start, _malformed(error, position.line - start + 1))
                 continue
             if not values or values == [""]:
                 continue
@@ -255,6 +259,17 @@ def _records(path: Path, columns: list[str] | None, *,
                               f"{len(columns)}; quote values that contain '{delimiter}'")
                 continue
             yield start, values
+
+
+def _malformed(error: csv.Error, lines: int) -> str:
+    """What a CSV error means, for a record that took `lines` lines."""
+    if "field larger than field limit" not in str(error):
+        return f"malformed CSV ({error}); check the quotes"
+    if lines > 1:
+        return (f"a quoted field opens here and runs on for {lines} lines and more than "
+                f"{csv.field_size_limit() // 1024} kB without its closing quote; close it")
+    return (f"a field here is longer than {csv.field_size_limit() // 1024} kB; no letter needs "
+            "that much: shorten it")
 
 
 class _LineCounter:

@@ -137,6 +137,7 @@ class Sender:
         # Connections beyond what the server lets the run keep stop, after their letter.
         while index < self._throttle.connections and (letter := await feed.next(stop)):
             outcome = await self._deliver(index, connection, feed, letter, stop)
+            letter = None  # not to keep a large letter alive while the next is built
             if outcome is not None:
                 self._finish(outcome)
         connection.close()
@@ -165,9 +166,9 @@ class Sender:
                 attempt = await connection.send(letter, mark)
             except asyncio.CancelledError:
                 if marked:  # a hard stop in the middle of DATA
-                    self._finish(Outcome(letter, Status.UNKNOWN, tries, reply="the run was "
-                                         "stopped while this letter was in flight",
-                                         first_try=first_try, last_try=now), pause=False)
+                    self._finish(Outcome.of(letter, Status.UNKNOWN, tries, reply="the run was "
+                                            "stopped while this letter was in flight",
+                                            first_try=first_try, last_try=now), pause=False)
                 raise
             delay = self.policy.delay(tries)
             if attempt.throttled:
@@ -185,9 +186,9 @@ class Sender:
                 break
         if attempt is None:
             return None
-        return Outcome(letter, attempt.status, max(tries, 1), attempt.code, attempt.reply,
-                       first_try=first_try, last_try=time.time(),
-                       copies_refused=attempt.copies_refused)
+        return Outcome.of(letter, attempt.status, max(tries, 1), code=attempt.code,
+                          reply=attempt.reply, first_try=first_try, last_try=time.time(),
+                          copies_refused=attempt.copies_refused)
 
     async def _paced(self, letter: Letter, stop: asyncio.Event) -> bool:
         """Wait for the letter's turn: the server's pause, the domain's limit and the run's
@@ -300,6 +301,12 @@ async def _aiter(letters: AsyncIterator[Letter] | Iterable[Letter]) -> AsyncIter
     if isinstance(letters, AsyncIterator):
         async for letter in letters:
             yield letter
-    else:
-        for letter in letters:
-            yield letter
+        return
+    # Not `for letter in letters`: its variable would keep each letter alive while the
+    # next one is built.
+    remaining = iter(letters)
+    while True:
+        try:
+            yield next(remaining)
+        except StopIteration:
+            return

@@ -64,6 +64,10 @@ def reply_text(message: str) -> str:
     return message.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
+def _size(count: int) -> str:
+    return f"{count / 1e6:.1f} MB" if count >= 1e6 else f"{count / 1e3:.1f} kB"
+
+
 def check_security(settings: Settings) -> None:
     """Refuse to send a password in clear text to another machine (unless allowed)."""
     if (settings.smtp_username and settings.security == "none"
@@ -193,6 +197,11 @@ class Connection:
                                throttled=refused, extra_connection=refused)
         smtp = self._smtp
         assert smtp is not None
+        limit = smtp.esmtp_extensions.get("size", "")
+        if limit.isdigit() and 0 < int(limit) < len(letter.data):
+            return Attempt(Status.FAILED, reply=f"the letter is {_size(len(letter.data))} and "
+                           f"{self.server} takes at most {_size(int(limit))} (its SIZE); make "
+                           "the attachments smaller")
         sent = False  # the letter's content has gone: only a good reply may settle it
         try:
             reply = await smtp.execute_command(b"MAIL", b"FROM:<%s>" % letter.sender.encode())

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
-import hashlib
 import json
 import os
 import re
@@ -286,7 +285,7 @@ class SQLiteLog:
             self._db.executemany(_OUTCOME, (
                 (o.status.value, o.attempts, _stamp(o.first_try, now),
                  _stamp(o.last_try, now), o.code, o.reply[:1000],
-                 _sha256(o.letter.data), run.id, run.campaign, o.letter.email.casefold())
+                 o.sha256 or None, run.id, run.campaign, o.letter.email.casefold())
                 for o in outcomes))
 
     def _lease_lost(self, run: Run) -> LeaseLost:
@@ -337,10 +336,6 @@ class SQLiteLog:
 
 def _stamp(when: float | None, default: str) -> str:
     return default if when is None else stamp(when)
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def _why_stale(holder: Holder, now: float) -> str:

@@ -384,3 +384,23 @@ def test_a_column_used_as_an_address_must_hold_one_valid_address(files: Campaign
         "recipients.csv:3: assistant: 'aide@example.org, evil@example.com' is not a valid "
         "address (The part after the @-sign contains invalid characters: ',', '@', SPACE.), but "
         "the template uses this column as an address; put one address in it"]
+
+
+def test_a_file_with_carriage_returns_alone_says_so(files: CampaignFiles) -> None:
+    files.write_csv("email,name\rada@example.org,Ada\rgrace@example.net,Grace\r")
+    with pytest.raises(InputError) as caught:
+        RecipientList(CSV)
+    assert str(caught.value) == ("recipients.csv:1: its lines end with a carriage return alone "
+                                 "(an old Mac format); save it as CSV with Windows (CRLF) or "
+                                 "Unix (LF) line ends")
+
+
+def test_an_over_long_field_is_told_from_a_quote_left_open(files: CampaignFiles) -> None:
+    long_field = "x" * 200_000
+    _, problems = read(files, f"email,name\nada@example.org,{long_field}\n"
+                              'grace@example.net,"Grace\n' + "more\n" * 30_000)
+    assert problems[:2] == [  # (what follows the open quote is in pieces)
+        "recipients.csv:2: a field here is longer than 128 kB; no letter needs that much: "
+        "shorten it",
+        "recipients.csv:3: a quoted field opens here and runs on for 26215 lines and more than "
+        "128 kB without its closing quote; close it"]

@@ -10,7 +10,7 @@ from datetime import datetime
 
 import pytest
 from conftest import LoggedSend, Server, make_letters, scripted_settings
-from servers import Faults, ScriptedServer
+from servers import Faults, RecordingHandler, ScriptedServer, start_server
 
 from mailer.message import Letter
 from mailer.outcome import Status
@@ -145,3 +145,21 @@ def test_first_attempt_is_the_first_try_not_the_first_result(smtp_server: Server
     first = datetime.fromisoformat(entry.first_attempt)
     last = datetime.fromisoformat(entry.last_attempt)
     assert (last - first).total_seconds() >= 0.005  # the backoff between the two tries
+
+
+def test_a_letter_larger_than_the_servers_size_fails_without_being_sent(
+        send_logged: Send) -> None:
+    handler = RecordingHandler()
+    controller = start_server(handler, data_size_limit=1000)
+    try:
+        big = make_letters(1)[0]
+        big = replace(big, data=big.data + b"x" * 2000 + b"\r\n")
+        result = send_logged(Server(handler, controller.port).settings(), [big])
+    finally:
+        controller.stop()
+    entry = result.entry(big)
+    assert (entry.status, entry.attempts) == (Status.FAILED, 1)
+    assert entry.reply_text == (f"the letter is {len(big.data) / 1e3:.1f} kB and "
+                                f"127.0.0.1:{controller.port} takes at most 1.0 kB (its SIZE); "
+                                "make the attachments smaller")
+    assert handler.commands["DATA"] == 0

@@ -9,6 +9,8 @@ import pytest
 from conftest import CampaignFiles, Result, Server
 from servers import Faults
 
+from mailer.message import message_id
+
 Run = Callable[..., Result]
 
 
@@ -67,7 +69,14 @@ def test_a_test_send_goes_only_to_the_given_address(server_env: Server, run: Run
     result = run("send", "--yes", "--to", "me@example.com")
     assert result.code == 0, result.err
     assert [m.rcpt_tos for m in server_env.handler.messages] == [("me@example.com",)]
-    assert b"Dear Dr Ada Lovelace" in server_env.handler.messages[0].data
+    assert "sent     me@example.com  250 2.0.0 OK: queued\n" in result.out
+    assert "ada@example.org" not in result.out
+    data = server_env.handler.messages[0].data
+    assert b"Dear Dr Ada Lovelace" in data
+    # Its own Message-ID: a receiver that drops repeats must not drop the real letter later.
+    real = message_id("letter", "ada@example.org", "example.org")
+    assert real.encode() not in data
+    assert b".test@example.org>" in data
     assert not (files.root / "mailer-log.sqlite3").exists()
 
 
