@@ -29,8 +29,8 @@ class InvalidAddress(ValueError):
 
 
 def normalize_address(text: str) -> str:
-    """Return the normalized ASCII address (domain lower-cased, international domains as
-    punycode) or raise InvalidAddress.
+    """Return the normalized address (domain lower-cased, international domains as
+    punycode, a local part that is not ASCII in Unicode's NFC) or raise InvalidAddress.
 
     No DNS look-up is made. Raises for anything email-validator would reject.
     """
@@ -58,15 +58,21 @@ def _domain(domain: str) -> str | None:
 
 def _full(text: str) -> str:
     try:
-        result = validate_email(text, check_deliverability=False, allow_smtputf8=False)
+        result = validate_email(text, check_deliverability=False, allow_smtputf8=True)
     except EmailNotValidError as error:
         raise InvalidAddress(str(error)) from None
     return _ascii(result)
 
 
 def _ascii(result: ValidatedEmail) -> str:
-    # SMTP envelopes and our headers are ASCII: an international domain goes as punycode.
-    return result.ascii_email or result.normalized
+    # An international domain goes as punycode; a local part that is not ASCII stays as it
+    # is, and its letter needs a server that offers SMTPUTF8 (RFC 6531).
+    return result.ascii_email or f"{result.local_part}@{result.ascii_domain}"
+
+
+def needs_smtputf8(address: str) -> bool:
+    """Whether mail to or from `address` needs SMTPUTF8 (its local part is not ASCII)."""
+    return not address.isascii()
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,6 +34,11 @@ class CheckReport:
     letters: int = 0
     problems: list[Problem] = field(default_factory=list)
     problem_count: int = 0
+    # Where the letters' recipients come from: "the email column", or the To header's.
+    recipients_from: str = ""
+    # Letters to international addresses (they need SMTPUTF8): how many, and the first few.
+    international: int = 0
+    international_examples: list[tuple[int, str]] = field(default_factory=list)
 
     def add(self, problem: Problem) -> None:
         self.problem_count += 1
@@ -65,7 +70,12 @@ class Campaign:
 
     def recipients(self) -> RecipientList:
         """A fresh pass over the recipient list; raises InputError if its columns cannot work."""
-        missing = self.template.missing_columns(read_columns(self.recipients_path))
+        columns = read_columns(self.recipients_path)
+        missing = self.template.missing_columns(columns)
+        if "email" not in columns and not self.template.get("To"):
+            missing.append(Problem(str(self.recipients_path), 1, "no 'email' column (found: "
+                                   f"{', '.join(columns)}), and the template has no To header "
+                                   "to say who each letter goes to; add one or the other"))
         if missing:
             raise InputError(missing)
         return RecipientList(self.recipients_path,
@@ -85,10 +95,24 @@ class Campaign:
 
     def build(self, recipients: Iterable[Recipient | Problem] | None = None, *,
               redirect_to: str | None = None) -> Iterator[Letter | Problem]:
-        """A letter for each valid row and the problem of each other, in list order."""
+        """A letter for each valid row and the problem of each other, in list order.
+
+        Without an email column, a letter is known by its To header's first address, which
+        two rows may not share (unless duplicates are allowed: one letter per address).
+        """
+        first: dict[str, int] = {}
         for item in self.recipients() if recipients is None else recipients:
-            yield item if isinstance(item, Problem) else \
+            built = item if isinstance(item, Problem) else \
                 self.build_one(item, redirect_to=redirect_to)
+            if isinstance(item, Recipient) and isinstance(built, Letter) and not item.email \
+                    and not self.allow_duplicates:
+                line = first.setdefault(built.email.casefold(), built.line)
+                if line != built.line:
+                    built = Problem(str(self.recipients_path), built.line, f"this row's letter "
+                                    f"goes to {built.email}, as line {line}'s does; remove one "
+                                    "of the two rows (or pass --allow-duplicates: the address "
+                                    "gets one letter)")
+            yield built
 
     def letters(self, *, redirect_to: str | None = None) -> Iterator[Letter]:
         """Every letter of a list already checked; InputError at the first problem (the list
@@ -101,15 +125,28 @@ class Campaign:
 
     def check(self) -> CheckReport:
         """Validate the list and build every letter, keeping none: proof before a send."""
-        report = CheckReport()
+        report = CheckReport(recipients_from=self.recipients_from())
         recipients = self.recipients()
         for item in self.build(recipients):
             if isinstance(item, Problem):
                 report.add(item)
-            else:
-                report.letters += 1
+                continue
+            report.letters += 1
+            if item.smtputf8:
+                report.international += 1
+                if len(report.international_examples) < 5:
+                    report.international_examples.append((item.line, item.email))
         report.rows = recipients.rows
         return report
+
+    def recipients_from(self) -> str:
+        """Where the letters' recipients come from, for people."""
+        if "email" in read_columns(self.recipients_path):
+            return "the 'email' column"
+        columns = sorted(self.template.address_variables() & set(
+            self.template.header_variables()))
+        source = ", ".join(f"column {c!r}" for c in columns) or "its own text"
+        return f"the To header: {self.template.get('To')[0]} ({source})"
 
     def require_clean(self) -> CheckReport:
         """`check`, raising InputError listing every problem unless there are none."""

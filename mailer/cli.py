@@ -35,6 +35,7 @@ from .sender import Sender, SendSummary
 from .sendlog import open_log
 from .settings import PLACEHOLDER_FROM, PLACEHOLDER_NAME, Settings, load_settings
 from .sink import Received, Sink, start_sink
+from .smtp import Connection, tls_context
 
 _PATH = click.Path(path_type=Path)
 
@@ -84,8 +85,18 @@ def check(recipients: Path, template: Path, env_file: Path | None,
     settings = load_settings(env_file)
     campaign = Campaign(settings, recipients, template, allow_duplicates=allow_duplicates)
     report = campaign.check()
+    for warning in campaign.template.warnings:
+        click.echo(shown(str(warning)))
+    if report.recipients_from != "the 'email' column":
+        click.echo(shown(f"The letters go to {report.recipients_from}."))
     for problem in report.problems:
-        click.echo(str(problem))
+        click.echo(shown(str(problem)))
+    if report.international:
+        examples = ", ".join(f"line {line}: {address}"
+                             for line, address in report.international_examples)
+        click.echo(shown(f"{plural(report.international, 'letter')} go to international "
+                         f"addresses ({examples}{', ...' * (report.international > 5)}): they "
+                         "need a server that offers SMTPUTF8 (RFC 6531)."))
     click.echo(report.summary())
     if not report.ok:
         raise click.exceptions.Exit(1)
@@ -157,6 +168,8 @@ def _dry_run(campaign: Campaign, settings: Settings, outbox: Path,
         click.echo(f"No sender is configured: letters show the placeholder {PLACEHOLDER_NAME} "
                    f"<{PLACEHOLDER_FROM}>. Set MAILER_FROM and MAILER_SENDER_NAME in .env "
                    "before a live send.\n")
+    for warning in campaign.template.warnings:
+        click.echo(shown(str(warning)), err=True)
     log = open_log(settings.log, create=False) if settings.log.exists() else None
     preview = Preview(campaign, log, options)
     written = 0
@@ -218,10 +231,14 @@ def _live_send(campaign: Campaign, options: SendOptions, yes: bool) -> None:
     with open_log(settings.log) as log, Delivery(campaign, log, options) as delivery:
         _say_takeover(delivery)
         plan = delivery.plan
-        click.echo(f"Campaign {campaign.name!r}: {plan.explain()}.")
+        for warning in campaign.template.warnings:
+            click.echo(shown(str(warning)), err=True)
+        click.echo(shown(f"Campaign {campaign.name!r}: {plan.explain()}."))
         if plan.due == 0:
             click.echo("Nothing to send.")
             return
+        if plan.international:
+            _say_international(settings, plan.international)
         click.echo(f"From {settings.sender_name} <{settings.from_address}> via "
                    f"{_describe_server(settings)}, at {settings.rate} "
                    f"with {settings.concurrency} connection(s). Log: {settings.log}")
@@ -230,6 +247,24 @@ def _live_send(campaign: Campaign, options: SendOptions, yes: bool) -> None:
             _sending(delivery.send, progress.update)
     raise click.exceptions.Exit(_report(delivery.summary, delivery.missing,
                                         campaign.recipients_path))
+
+
+def _say_international(settings: Settings, count: int) -> None:
+    """Before asking, whether the server takes the letters to international addresses."""
+
+    async def probe() -> bool:
+        connection = Connection(settings, tls_context(settings))
+        try:
+            return await connection.offers("smtputf8")
+        finally:
+            await connection.quit()
+
+    letters = f"{plural(count, 'letter')} to international addresses"
+    if asyncio.run(probe()):
+        click.echo(f"{letters}: the server offers SMTPUTF8, so they can go.")
+    else:
+        click.echo(f"{letters}: the server does not offer SMTPUTF8 (RFC 6531), so they will "
+                   "be recorded failed; the others go.")
 
 
 def _say_takeover(delivery: Delivery) -> None:

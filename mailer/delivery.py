@@ -62,8 +62,9 @@ class Plan:
     skipped: Counter[Status] = field(default_factory=Counter)
     # Rows whose address an earlier row already has (--allow-duplicates): one letter each.
     repeated: int = 0
-    # The due letters' casefolded addresses.
+    # The due letters' casefolded addresses, and how many of them are international.
     keys: set[str] = field(default_factory=set)
+    international: int = 0
     examples: list[tuple[str, Status]] = field(default_factory=list)
 
     @property
@@ -135,7 +136,9 @@ def _planned(campaign: Campaign, log: SendLog | None, plan: Plan,
             report.add(built)
             continue
         report.letters += 1
-        yield built, plan.admit(built.email, status)
+        due = plan.admit(built.email, status)
+        plan.international += due and built.smtputf8
+        yield built, due
     report.rows = recipients.rows
 
 

@@ -25,7 +25,7 @@ import mimetypes
 import re
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from email.utils import formatdate
 from functools import lru_cache
@@ -39,7 +39,10 @@ from .template import (
     GUARDED_HEADERS,
     LINE_BREAK,
     SETTINGS_VARIABLES,
+    Body,
     LetterTemplate,
+    Multipart,
+    Part,
     Rendered,
     RenderError,
 )
@@ -68,6 +71,8 @@ class Letter:
     envelope: tuple[str, ...]
     message_id: str
     data: bytes
+    # An address in its envelope or headers is international (RFC 6531).
+    smtputf8: bool = False
 
 
 def message_id(campaign: str, email: str, domain: str) -> str:
@@ -109,6 +114,9 @@ class LetterBuilder:
         for name in ADDRESS_HEADERS:
             mailboxes = [m for value in rendered.get(name) for m in _mailboxes(name, value)]
             if name == "To" and not mailboxes:
+                if not recipient.email:
+                    raise RenderError("the To header names nobody, and the list has no email "
+                                      "column to send the letter to")
                 mailboxes = [Mailbox(_default_name(recipient.fields), recipient.email)]
             if name == "From" and not mailboxes:
                 lines.append(self._from)
@@ -129,17 +137,24 @@ class LetterBuilder:
         for name, value in rendered.headers:
             if name not in ADDRESS_HEADERS and name != "Attachment":
                 lines.append(unstructured_header(name, value))
+        # Without an email column, a letter is known by the first address it goes to.
+        identity = recipient.email or envelope[0]
         # A test send has a Message-ID of its own: a receiver that drops a repeated one
         # must not drop the real letter later.
         msgid = (f"<{secrets.token_hex(16)}.test@{self._domain}>" if redirect_to
-                 else message_id(self.campaign, recipient.email, self._domain))
+                 else message_id(self.campaign, identity, self._domain))
         lines += [f"Date: {self._now()}", f"Message-ID: {msgid}", "MIME-Version: 1.0"]
         attachments = [self._attachment(value) for value in rendered.get("Attachment")]
-        head = "\r\n".join(lines).encode("ascii")
-        data = b"".join([head, b"\r\n", *mime_body(rendered.text, rendered.html, attachments)])
+        cid_suffix = f"{msgid[1:-1].partition('@')[0]}@{self._domain}"
+        # UTF-8 only where an address is international (RFC 6532); names and text are
+        # RFC 2047-encoded.
+        head = "\r\n".join(lines).encode("utf-8")
+        data = b"".join([head, b"\r\n", *mime_body(rendered.body, attachments, cid_suffix)])
         targets = (redirect_to,) if redirect_to else tuple(envelope)
-        return Letter(recipient.line, recipient.email, self.settings.from_address, targets,
-                      msgid, data)
+        sender = self.settings.from_address
+        return Letter(recipient.line, identity, sender, targets, msgid, data,
+                      smtputf8=not head.isascii() or not all(
+                          a.isascii() for a in (sender, *targets)))
 
     def _now(self) -> str:
         second = int(time.time())
@@ -147,7 +162,9 @@ class LetterBuilder:
             self._date = (formatdate(second, localtime=True), second)
         return self._date[0]
 
-    def _attachment(self, value: str) -> bytes:
+    def _attachment(self, value: str) -> Attachment:
+        if not value.strip():
+            raise RenderError("an Attachment header is empty; name a file in it, or remove it")
         folder = self.template.path.parent.resolve()
         path = (folder / value.strip()).resolve()
         if not path.is_relative_to(folder):
@@ -155,7 +172,7 @@ class LetterBuilder:
             raise RenderError(f"attachment {value.strip()!r} is outside the template's folder "
                               f"{folder}; put the file there and name it relative to it")
         try:
-            return attachment_part(path)
+            return attachment(path, value.strip())
         except OSError as error:
             raise RenderError(f"attachment {value.strip()!r}: {error.strerror or error} "
                               f"(paths are relative to {self.template.path.parent})") from None
@@ -301,14 +318,20 @@ def _fold(prefix: str, words: list[str]) -> str:
     return "\r\n".join(lines)
 
 
-def text_part(text: str, subtype: str) -> bytes:
-    """A UTF-8 text part: 7bit when it is short-lined ASCII, quoted-printable otherwise."""
+def text_part(text: str, subtype: str, charset: str | None = None) -> bytes:
+    """A text part in `charset` if it can hold the text, else UTF-8 (as mailmerge does with a
+    template's `charset=us-ascii` and a name like Zoë): 7bit when it is short-lined ASCII,
+    quoted-printable otherwise."""
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
     if not text.endswith("\n"):
         text += "\n"
-    raw = text.encode("utf-8")
-    head = f"Content-Type: text/{subtype}; charset=\"utf-8\"\r\nContent-Transfer-Encoding: "
+    try:
+        raw = text.encode(charset or "utf-8")
+    except (LookupError, UnicodeEncodeError):
+        charset, raw = "utf-8", text.encode("utf-8")
+    head = (f"Content-Type: text/{subtype}; charset=\"{charset or 'utf-8'}\"\r\n"
+            "Content-Transfer-Encoding: ")
     if raw.isascii() and _short_lines(raw) and b"\0" not in raw:
         return (head + "7bit\r\n\r\n").encode() + raw.replace(b"\n", b"\r\n")
     body = b"\r\n".join(map(_quoted_printable_line, raw.split(b"\n")))
@@ -331,36 +354,87 @@ def _short_lines(raw: bytes) -> bool:
 _BASE64_BLOCK = 57 * 1024
 
 
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    """A file attached to letters: as the template names it, its type, and its content in
+    base64 (encoded once: every letter shares it)."""
+
+    name: str
+    filename: str
+    kind: str
+    encoded: bytes
+
+    def part(self, content_id: str | None = None) -> list[bytes]:
+        """The attachment as a MIME part; with `content_id`, shown inline (an image the
+        letter's HTML refers to as `cid:`)."""
+        name = self.filename
+        if name.isascii() and name.isprintable() and '"' not in name and "\\" not in name:
+            parameter = f'filename="{name}"'
+        else:
+            quoted = "".join(c if (c.isascii() and c.isalnum()) or c in "._-" else
+                             "".join(f"%{b:02X}" for b in c.encode()) for c in name)
+            parameter = f"filename*=utf-8''{quoted}"
+        disposition = "attachment" if content_id is None else "inline"
+        head = (f"Content-Type: {self.kind}\r\nContent-Disposition: {disposition}; "
+                f"{parameter}\r\n" + ("" if content_id is None else
+                                       f"Content-ID: <{content_id}>\r\n")
+                + "Content-Transfer-Encoding: base64\r\n\r\n")
+        return [head.encode(), self.encoded]
+
+
 @lru_cache(maxsize=64)
-def attachment_part(path: Path) -> bytes:
-    """A base64 attachment part for a file; cached, since every letter carries the same one."""
+def attachment(path: Path, name: str) -> Attachment:
+    """The file at `path`, named `name` in the template; cached, since every letter carries
+    the same one."""
     kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-    name = path.name
-    if name.isascii() and name.isprintable() and '"' not in name and "\\" not in name:
-        disposition = f'attachment; filename="{name}"'
-    else:
-        quoted = "".join(c if (c.isascii() and c.isalnum()) or c in "._-" else
-                         "".join(f"%{b:02X}" for b in c.encode()) for c in name)
-        disposition = f"attachment; filename*=utf-8''{quoted}"
-    head = (f"Content-Type: {kind}\r\nContent-Disposition: {disposition}\r\n"
-            "Content-Transfer-Encoding: base64\r\n\r\n")
-    pieces = [head.encode()]
+    pieces = []
     with path.open("rb") as file:
         # A block at a time: never the whole file, its encoding and a copy at once.
         while block := file.read(_BASE64_BLOCK):
             pieces.append(base64.encodebytes(block).replace(b"\n", b"\r\n"))
-    return b"".join(pieces)
+    return Attachment(name, path.name, kind, b"".join(pieces))
 
 
-def mime_body(text: str, html: str | None, attachments: list[bytes]) -> list[bytes]:
+# `<img ... src="NAME"`: an image the HTML shows.
+_IMAGE_SOURCE = re.compile(r"""(<img\b[^>]*?\bsrc\s*=\s*)(["'])(.*?)\2""", re.I | re.S)
+
+
+def mime_body(body: Body, attachments: list[Attachment], cid_suffix: str) -> list[bytes]:
     """The MIME entity after the top-level headers, as pieces to join once (an attachment
-    is a piece every letter shares, not copied into each step)."""
-    body = [text_part(text, "plain")]
-    if html is not None:
-        body = multipart("alternative", [body, [text_part(html, "html")]])
-    if attachments:
-        body = multipart("mixed", [body, *([part] for part in attachments)])
-    return body
+    is a piece every letter shares, not copied into each step). An attachment the HTML
+    shows as an image (`<img src="chart.png">`, named as in the Attachment header) goes
+    inline, referred to by a `cid:` that ends with `cid_suffix`."""
+    shown: dict[str, str] = {}
+
+    def refer(match: re.Match[str]) -> str:
+        found = next((a for a in attachments if match[3] in (a.name, a.filename)), None)
+        if found is None:
+            return match[0]
+        content_id = shown.setdefault(found.name, f"{len(shown) + 1}.{cid_suffix}")
+        return f"{match[1]}{match[2]}cid:{content_id}{match[2]}"
+
+    pieces = _entity(_with_images(body, refer))
+    if shown:
+        inline = [a.part(shown[a.name]) for a in attachments if a.name in shown]
+        pieces = multipart("related", [pieces, *inline])
+    others = [a.part() for a in attachments if a.name not in shown]
+    if others:
+        pieces = multipart("mixed", [pieces, *others])
+    return pieces
+
+
+def _with_images(body: Body, refer: Callable[[re.Match[str]], str]) -> Body:
+    if isinstance(body, Multipart):
+        return Multipart(body.subtype, tuple(_with_images(part, refer) for part in body.parts))
+    if body.subtype != "html":
+        return body
+    return Part(body.subtype, _IMAGE_SOURCE.sub(refer, body.text), body.charset)
+
+
+def _entity(body: Body) -> list[bytes]:
+    if isinstance(body, Part):
+        return [text_part(body.text, body.subtype, body.charset)]
+    return multipart(body.subtype, [_entity(part) for part in body.parts])
 
 
 def multipart(subtype: str, parts: list[list[bytes]]) -> list[bytes]:

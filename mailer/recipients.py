@@ -24,7 +24,8 @@ _DELIMITERS = (",", ";", "\t")
 
 @dataclass(frozen=True, slots=True)
 class Recipient:
-    """One validated row: the line it starts on, its normalized address and all its fields."""
+    """One validated row: the line it starts on, its normalized address ("" if the list has
+    no email column) and all its fields."""
 
     line: int
     email: str
@@ -133,7 +134,7 @@ class RecipientList:
             if not isinstance(recipient, Recipient):
                 yield from recipient
                 continue
-            if not self.allow_duplicates:
+            if not self.allow_duplicates and recipient.email:
                 key = recipient.email.casefold()
                 digest = hash(key)
                 if digest in seen:
@@ -155,7 +156,8 @@ class RecipientList:
                             str(item["loc"][0]) if item["loc"] else None)
                     for item in error.errors()]
         fields = dict(zip(self.columns, row.__dict__.values(), strict=True))
-        return Recipient(line, fields["email"], fields)
+        # Without an email column, the letter's To header says who it goes to.
+        return Recipient(line, fields.get("email", ""), fields)
 
     def _settle_duplicates(self, suspects: dict[str, list[Recipient]]
                            ) -> Iterator[Recipient | Problem]:
@@ -210,9 +212,6 @@ def read_columns(path: Path) -> list[str]:
                                     "column must not change the sender per row; rename it"))
     for name in {c for c in columns if columns.count(c) > 1}:
         problems.append(Problem(str(path), 1, f"column {name!r} appears twice; rename one"))
-    if "email" not in columns:
-        problems.append(Problem(str(path), 1, f"no 'email' column (found: {', '.join(columns)}); "
-                                "name the column of addresses 'email'"))
     if problems:
         raise InputError(problems)
     return columns

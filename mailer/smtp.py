@@ -167,6 +167,13 @@ class Connection:
         return TLSError(f"{self.server} {what}: it offers STARTTLS, so set "
                         "MAILER_SMTP_SECURITY=starttls")
 
+    async def offers(self, extension: str) -> bool:
+        """Whether the server offers an ESMTP `extension` (connecting if need be)."""
+        if self._smtp is None or not self._smtp.is_connected:
+            await self.open()
+        assert self._smtp is not None
+        return self._smtp.supports_extension(extension)
+
     def close(self) -> None:
         """Drop the connection (a later `send` reconnects)."""
         if self._smtp is not None:
@@ -202,9 +209,14 @@ class Connection:
             return Attempt(Status.FAILED, reply=f"the letter is {_size(len(letter.data))} and "
                            f"{self.server} takes at most {_size(int(limit))} (its SIZE); make "
                            "the attachments smaller")
+        if letter.smtputf8 and not smtp.supports_extension("smtputf8"):
+            return Attempt(Status.FAILED, reply=f"{self.server} does not take international "
+                           "addresses (it offers no SMTPUTF8), and this letter has one")
         sent = False  # the letter's content has gone: only a good reply may settle it
         try:
-            reply = await smtp.execute_command(b"MAIL", b"FROM:<%s>" % letter.sender.encode())
+            reply = await smtp.execute_command(
+                b"MAIL", b"FROM:<%s>" % letter.sender.encode(),
+                *([b"SMTPUTF8"] if letter.smtputf8 else []))
             if reply.code != 250:
                 return await self._refused(reply, at_mail=True)
             own = next((a for a in letter.envelope if a.casefold() == letter.email.casefold()),

@@ -8,8 +8,13 @@ The format is mailmerge's, so its templates work unchanged::
 
     Dear {{ title }} {{ name }},
 
-An HTML version of the body may sit beside the text template with the same stem
-(`letter.txt` + `letter.html`); it is rendered with autoescape and sent as an alternative.
+The body is plain text unless the template's `Content-Type` says otherwise: `text/html`,
+`text/markdown` (sent as the Markdown itself and the HTML it makes), or a `multipart/...`
+with a boundary, whose parts are written out in the body as in a mail message, each with its
+own `Content-Type`. HTML is rendered with autoescape, and values placed in Markdown are
+escaped before it becomes HTML, so that no value from the list becomes markup. An HTML
+version may also sit beside a plain template with the same stem (`letter.txt` +
+`letter.html`), sent as an alternative.
 
 Who a letter goes to. An address in To, Cc, Bcc or Reply-To must be one of:
 
@@ -30,15 +35,18 @@ rendered header.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from email.message import Message
 from pathlib import Path
 from typing import Any
 
 from jinja2 import StrictUndefined, TemplateError, TemplateSyntaxError, nodes
 from jinja2.meta import find_undeclared_variables
 from jinja2.sandbox import SandboxedEnvironment
+from markdown_it import MarkdownIt
 
 from .addresses import InvalidAddress, mailbox_parts
 from .errors import ConfigError, InputError, Problem
@@ -46,9 +54,17 @@ from .errors import ConfigError, InputError, Problem
 ADDRESS_HEADERS = ("From", "To", "Cc", "Bcc", "Reply-To")
 # The headers whose every address is checked (see the module docstring); From is the sender's.
 GUARDED_HEADERS = ("To", "Cc", "Bcc", "Reply-To")
-_CANONICAL = {name.lower(): name for name in (*ADDRESS_HEADERS, "Subject", "Attachment")}
+_CANONICAL = {name.lower(): name for name in (*ADDRESS_HEADERS, "Subject", "Attachment",
+                                              "Content-Type")}
 # Headers mailer writes itself; a template that sets them would produce a broken message.
-_RESERVED = {"date", "message-id", "mime-version", "content-type", "content-transfer-encoding"}
+_RESERVED = {"date", "message-id"}
+# Headers about the encoding, which mailer chooses: taken from a template and not written.
+_ENCODING = {"mime-version", "content-transfer-encoding"}
+_BODY_TYPES = ("text/plain", "text/html", "text/markdown")
+# CommonMark lets any ASCII punctuation be escaped with a backslash.
+_MARKDOWN_PUNCTUATION = re.compile(r"[!-/:-@\[-`{-~]")
+_MARKDOWN = MarkdownIt("commonmark", {"breaks": True, "html": True}).enable(
+    ["table", "strikethrough"])
 _HEADER_LINE = re.compile(r"([!-9;-~]+):[ \t]*(.*)")
 # Variables that come from settings rather than from the recipient list, with their setting.
 SETTINGS_VARIABLES = {"sender_name": "MAILER_SENDER_NAME", "sender_email": "MAILER_FROM"}
@@ -77,6 +93,11 @@ def _header_value(value: Any) -> Any:
     return value
 
 
+def _markdown_value(value: Any) -> str:
+    """Jinja `finalize` for the Markdown that becomes HTML: a value stays text."""
+    return _MARKDOWN_PUNCTUATION.sub(r"\\\g<0>", value if isinstance(value, str) else str(value))
+
+
 def _address_value(value: Any) -> Any:
     """Jinja `finalize` for address headers: also keeps data inside its quoted string."""
     text = _header_value(value if isinstance(value, str) else str(value))
@@ -89,12 +110,39 @@ def _environment(**options: Any) -> SandboxedEnvironment:
 
 
 @dataclass(frozen=True, slots=True)
+class Part:
+    """A leaf of a letter's body: `plain` or `html` text, in the charset the template
+    declared (None: UTF-8)."""
+
+    subtype: str
+    text: str
+    charset: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Multipart:
+    """Parts of a letter's body that go together (`alternative`, `mixed`, `related`)."""
+
+    subtype: str
+    parts: tuple[Part | Multipart, ...]
+
+
+Body = Part | Multipart
+
+
+def html_parts(body: Body) -> list[Part]:
+    """The HTML leaves of a body, in order."""
+    if isinstance(body, Part):
+        return [body] if body.subtype == "html" else []
+    return [leaf for part in body.parts for leaf in html_parts(part)]
+
+
+@dataclass(frozen=True, slots=True)
 class Rendered:
-    """One letter's rendered parts, before it becomes a MIME message."""
+    """One letter's rendered headers and body, before it becomes a MIME message."""
 
     headers: list[tuple[str, str]]
-    text: str
-    html: str | None = None
+    body: Body
 
     def get(self, name: str) -> list[str]:
         """Every rendered value of the header `name` (canonical spelling)."""
@@ -105,10 +153,14 @@ class Rendered:
 class _Piece:
     """A compiled part of the template and the file line it starts on."""
 
+    # A header's name, or the body's part: "plain", "html" or "markdown".
     name: str
     source: str
     line: int
+    charset: str | None = None
     compiled: Any = None
+    # For Markdown: the same source with every value escaped, to make the HTML from.
+    escaped: Any = None
     variables: dict[str, int] = field(default_factory=dict)
     # Text with no Jinja syntax in it renders as itself (a fixed Subject, say).
     fixed: bool = False
@@ -119,22 +171,41 @@ class _Piece:
     def render(self, context: Mapping[str, Any]) -> str:
         return self.source if self.fixed else self.compiled.render(context)
 
+    def body(self, context: Mapping[str, Any]) -> Body:
+        """This body part as rendered (Markdown: as itself and as the HTML it makes)."""
+        if self.name != "markdown":
+            return Part(self.name, self.render(context), self.charset)
+        markdown = self.source if self.fixed else self.escaped.render(context)
+        html = f"<html><body>{_MARKDOWN.render(markdown)}</body></html>\n"
+        return Multipart("alternative", (Part("plain", self.render(context), self.charset),
+                                         Part("html", html, self.charset)))
+
 
 class LetterTemplate:
-    """A parsed, compiled letter template. Use `LetterTemplate.load(path)`."""
+    """A parsed, compiled letter template. Use `LetterTemplate.load(path)`; `warnings` holds
+    what it accepted but a reader should know (no Subject, say)."""
 
     def __init__(self, path: Path, text: str, html: str | None = None,
                  html_path: Path | None = None) -> None:
         self.path = path
         self.html_path = html_path
         problems: list[Problem] = []
+        self.warnings: list[Problem] = []
         self.optional: set[str] = set()
         self._address_variables: frozenset[str] = frozenset()
-        self.headers, body_line = _split_headers(path, text, problems)
+        self.headers, body_line = _split_headers(path, text, problems, self.warnings)
         body = "\n".join(_lines(text)[body_line - 1:]) + "\n"
-        self._pieces = [_Piece(name, value, line) for name, value, line in self.headers]
-        self._body = _Piece("body", body, body_line)
-        self._html = _Piece("html", html, 1) if html is not None else None
+        self._pieces = [_Piece(name, value, line) for name, value, line in self.headers
+                        if name != "Content-Type"]
+        content_type = next((v for n, v, _ in self.headers if n == "Content-Type"), "")
+        if html is not None and content_type and not content_type.startswith("text/plain"):
+            problems.append(Problem(str(path), 1, f"has a Content-Type ({content_type}) and an "
+                                    f"HTML version beside it ({html_path}); keep one"))
+        self._multipart, self._body = _body_pieces(path, content_type, body, body_line,
+                                                   problems)
+        if html is not None:
+            self._multipart = "alternative"
+            self._body.append(_Piece("html", html, 1))
         self._compile(problems)
         if problems:
             raise InputError(problems)
@@ -151,16 +222,20 @@ class LetterTemplate:
     def _compile(self, problems: list[Problem]) -> None:
         plain = _environment(finalize=_header_value)
         address = _environment(finalize=_address_value)
-        envs = {"body": _environment(), "html": _environment(autoescape=True)}
+        envs = {"plain": _environment(), "markdown": _environment(),
+                "html": _environment(autoescape=True)}
+        escaping = _environment(finalize=_markdown_value)
         for piece in self._all_pieces():
             env = envs.get(piece.name) or (address if piece.name in ADDRESS_HEADERS else plain)
-            file = self.html_path if piece.name == "html" else self.path
+            file = self.html_path if piece is self._body[-1] and self.html_path else self.path
             try:
                 tree = env.parse(piece.source)
                 piece.compiled = env.from_string(tree)
                 # Jinja copies a template's globals into every render's context; as its
                 # default ChainMap that copy costs more than rendering a short header.
                 piece.compiled.globals = dict(piece.compiled.globals)
+                if piece.name == "markdown":
+                    piece.escaped = escaping.from_string(tree)
             except TemplateSyntaxError as error:
                 line = piece.line + (error.lineno or 1) - 1
                 problems.append(Problem(str(file), line, f"template syntax: {error.message}"))
@@ -172,20 +247,14 @@ class LetterTemplate:
 
     def _all_pieces(self) -> Iterable[_Piece]:
         yield from self._pieces
-        yield self._body
-        if self._html is not None:
-            yield self._html
-
-    @property
-    def has_html(self) -> bool:
-        """Whether an HTML alternative is sent with the text."""
-        return self._html is not None
+        yield from self._body
 
     def variables(self) -> dict[str, tuple[str, int]]:
         """Each variable the template reads, with the file and line of its first use."""
         found: dict[str, tuple[str, int]] = {}
         for piece in self._all_pieces():
-            file = str(self.html_path if piece.name == "html" else self.path)
+            file = str(self.html_path if piece is self._body[-1] and self.html_path
+                       else self.path)
             for name, line in piece.variables.items():
                 found.setdefault(name, (file, line))
         return found
@@ -196,6 +265,10 @@ class LetterTemplate:
         if not any(piece.name == "To" for piece in self._pieces):
             names |= {"title", "name"}  # the default To header shows them
         return names
+
+    def get(self, name: str) -> list[str]:
+        """The template's own text of every header `name` (canonical spelling)."""
+        return [value for key, value, _ in self.headers if key == name]
 
     def address_variables(self) -> frozenset[str]:
         """Variables used whole as an address in To, Cc, Bcc or Reply-To (see the module
@@ -218,15 +291,15 @@ class LetterTemplate:
         """Render one letter; raise RenderError if it cannot be rendered safely."""
         try:
             headers = [(p.name, p.render(context)) for p in self._pieces]
-            text = self._body.render(context)
-            html = self._html.render(context) if self._html is not None else None
+            parts = [piece.body(context) for piece in self._body]
         except RenderError:
             raise
         except TemplateError as error:
             raise RenderError(f"template: {error.message}") from None
         except Exception as error:  # the template's own code failed, e.g. {{ 1 / 0 }}
             raise RenderError(f"template: {type(error).__name__}: {error}") from None
-        return Rendered(headers, text, html)
+        body = parts[0] if self._multipart is None else Multipart(self._multipart, tuple(parts))
+        return Rendered(headers, body)
 
 
 def _tested_names(tree: nodes.Template) -> set[str]:
@@ -304,9 +377,11 @@ def _variables(tree: nodes.Template, first_line: int) -> dict[str, int]:
     return lines
 
 
-def _split_headers(path: Path, text: str,
-                   problems: list[Problem]) -> tuple[list[tuple[str, str, int]], int]:
-    """Parse the header block: (canonical name, value, line) triples and the body's first line."""
+def _split_headers(path: Path, text: str, problems: list[Problem], warnings: list[Problem]
+                   ) -> tuple[list[tuple[str, str, int]], int]:
+    """Parse the header block: (canonical name, value, line) triples and the body's first
+    line. As mailmerge (Python's email parser) does, the first line that is not a header
+    starts the body even without a blank line before it."""
     headers: list[tuple[str, str, int]] = []
     lines = _lines(text)
     number = 0
@@ -319,26 +394,89 @@ def _split_headers(path: Path, text: str,
             continue
         match = _HEADER_LINE.fullmatch(line)
         if not match:
-            problems.append(Problem(str(path), number, f"{line[:40]!r} is not a header line; "
-                                    "the template starts with lines like 'Subject: ...', then a "
-                                    "blank line, then the letter"))
-            continue
+            warnings.append(Problem(str(path), number, "warning: no blank line after the "
+                                    "headers: the letter starts here (add a blank line above "
+                                    "it to make that plain)"))
+            number -= 1
+            break
         name = _CANONICAL.get(match[1].lower(), match[1])
         if name.lower() in _RESERVED:
             problems.append(Problem(str(path), number, f"the {name} header is set by mailer; "
                                     "remove it from the template"))
-            continue
-        headers.append((name, match[2].strip(), number))
+        elif name.lower() not in _ENCODING:
+            headers.append((name, match[2].strip(), number))
     else:
         number = len(lines) + 1
-    if not any(name == "Subject" for name, _, _ in headers) and not problems:
-        problems.append(Problem(str(path), 1, "no Subject header; add a line 'Subject: ...' "
-                                "at the top"))
-    for single in ("From", "To", "Subject", "Reply-To"):
+    if not any(name == "Subject" for name, _, _ in headers):
+        warnings.append(Problem(str(path), 1, "warning: no Subject header; the letters will "
+                                "have none (add a line 'Subject: ...' at the top)"))
+    for single in ("From", "To", "Subject", "Reply-To", "Content-Type"):
         repeated = [line for name, _, line in headers if name == single][1:]
         problems.extend(Problem(str(path), line, f"a second {single} header; keep one")
                         for line in repeated)
     return headers, number + 1
+
+
+def _body_pieces(path: Path, content_type: str, body: str, line: int,
+                 problems: list[Problem]) -> tuple[str | None, list[_Piece]]:
+    """The body's parts as the Content-Type declares them, and the multipart subtype that
+    holds them together (None for a single part)."""
+    declared = _content_type(content_type or "text/plain")
+    kind = declared.get_content_type()
+    if kind in _BODY_TYPES:
+        return None, [_Piece(kind[5:], body, line, declared.get_content_charset())]
+    boundary = declared.get_param("boundary")
+    if declared.get_content_maintype() != "multipart" or not isinstance(boundary, str):
+        problems.append(Problem(str(path), 1, f"Content-Type {content_type!r} is not a letter "
+                                "mailer can build; use text/plain, text/html, text/markdown or "
+                                "multipart/alternative with a boundary"))
+        return None, []
+    pieces = []
+    for part_line, headers, text in _written_parts(body, line, boundary):
+        part = _content_type(headers.get("content-type", "text/plain"))
+        if part.get_content_type() not in _BODY_TYPES:
+            problems.append(Problem(str(path), part_line, f"a part of type "
+                                    f"{part.get_content_type()} inside {kind}: the parts written "
+                                    "in a template are text/plain, text/html or text/markdown "
+                                    "(attach files with an Attachment header)"))
+            continue
+        pieces.append(_Piece(part.get_content_type()[5:], text, part_line,
+                             part.get_content_charset()))
+    if not pieces:
+        problems.append(Problem(str(path), line, f"no part starts with --{boundary}, the "
+                                "boundary the Content-Type names"))
+    return declared.get_content_subtype(), pieces
+
+
+def _written_parts(body: str, line: int, boundary: str
+                   ) -> Iterable[tuple[int, dict[str, str], str]]:
+    """The parts of a multipart body written out by hand: the line each part's text starts
+    on, its headers (lower-cased names), its text. What comes before the first boundary (a
+    note for old mail readers) and after the closing one is left out."""
+    lines = _lines(body)
+    marks = [i for i, text in enumerate(lines) if text.rstrip() in (f"--{boundary}",
+                                                                      f"--{boundary}--")]
+    # The closing `--boundary--` may be left out (mailmerge's own example does): the body's
+    # end ends the last part.
+    for start, end in itertools.pairwise([*marks, len(lines)]):
+        if lines[start].rstrip() == f"--{boundary}--":
+            break
+        headers: dict[str, str] = {}
+        position = start + 1
+        while position < end and (match := _HEADER_LINE.fullmatch(lines[position])):
+            headers[match[1].lower()] = match[2].strip()
+            position += 1
+        if position < end and not lines[position].strip():
+            position += 1  # the blank line after the part's headers
+        text = "\n".join(lines[position:end]).rstrip("\n") + "\n"
+        yield line + position, headers, text
+
+
+def _content_type(value: str) -> Message:
+    """A Content-Type value, read as mail readers read it."""
+    message = Message()
+    message["Content-Type"] = value
+    return message
 
 
 def _lines(text: str) -> list[str]:

@@ -15,13 +15,14 @@ ATEXT = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+/
 
 
 def reference(text: str) -> str | None:
-    """email-validator's verdict: the normalized address (in ASCII, an international domain as
-    punycode, as mailer sends it), or None if it rejects the text."""
+    """email-validator's verdict: the normalized address (an international domain as
+    punycode, as mailer sends it; a local part that is not ASCII as it is, for SMTPUTF8), or
+    None if it rejects the text."""
     try:
-        result = validate_email(text, check_deliverability=False, allow_smtputf8=False)
+        result = validate_email(text, check_deliverability=False, allow_smtputf8=True)
     except EmailNotValidError:
         return None
-    return result.ascii_email or result.normalized
+    return result.ascii_email or f"{result.local_part}@{result.ascii_domain}"
 
 
 def ours(text: str) -> str | None:
@@ -40,6 +41,8 @@ def ours(text: str) -> str | None:
     "o'connor+tag@sub.example.co.uk",
     "a@xn--bcher-kva.example",
     "a@bücher.example",
+    "jürgen@example.org",
+    "Ελένη@παράδειγμα.example",
 ])
 def test_normalize_address_accepts_valid_addresses_as_email_validator_does(text: str) -> None:
     assert normalize_address(text) == reference(text)
@@ -59,7 +62,7 @@ def test_normalize_address_writes_an_international_domain_as_punycode(text: str)
     "", "ada", "ada@", "@example.org", "ada@@example.org", "a..b@example.org", ".a@example.org",
     "a.@example.org", "ada@example", "ada@localhost", "ada@example.org.", "ada @example.org",
     "ada@exa mple.org", "ada@[127.0.0.1]", '"ada"@example.org', "Ada <ada@example.org>",
-    "jürgen@example.org", "ada@-example.org", "ada@example.org\n",
+    "ada@-example.org", "ada@example.org\n",
     "a" * 64 + "@" + "b" * 189 + ".org",
 ])
 def test_normalize_address_rejects_what_email_validator_rejects(text: str) -> None:

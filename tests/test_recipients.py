@@ -237,12 +237,11 @@ def test_non_utf8_file_is_an_input_error_naming_line_and_byte(files: CampaignFil
                                  "save the file as UTF-8 CSV")
 
 
-def test_missing_email_column_is_an_input_error(files: CampaignFiles) -> None:
-    files.write_csv("name,title\nAda,Dr\n")
-    with pytest.raises(InputError) as caught:
-        RecipientList(CSV)
-    assert str(caught.value) == ("recipients.csv:1: no 'email' column (found: name, title); name "
-                                 "the column of addresses 'email'")
+def test_a_list_without_an_email_column_is_read_for_its_template_to_address(
+        files: CampaignFiles) -> None:
+    rows, problems = read(files, "name,title\nAda,Dr\n")
+    assert problems == []
+    assert [(row.email, row.fields) for row in rows] == [("", {"name": "Ada", "title": "Dr"})]
 
 
 def test_empty_file_is_an_input_error(files: CampaignFiles) -> None:
