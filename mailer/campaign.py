@@ -7,15 +7,31 @@ can be built before anything is sent.
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import InputError, Problem
 from .message import Letter, LetterBuilder
-from .recipients import Recipient, RecipientList, read_columns
+from .recipients import Recipient, RecipientList, Where, read_columns
 from .settings import Settings
 from .template import LetterTemplate, RenderError
+
+# A language version of `letter.txt`: `letter.fr.txt`, `letter.pt-br.txt`.
+_VERSION = re.compile(r"[a-z]{2,3}(?:-[a-z0-9]{2,8})?")
+
+
+def _versions(template: Path) -> list[tuple[str, Path]]:
+    """The language versions beside a template, by language code."""
+    found = []
+    for path in sorted(template.parent.glob(f"{template.stem}.*{template.suffix}")):
+        language = path.name[len(template.stem) + 1:-len(template.suffix) or None].lower()
+        if path != template and _VERSION.fullmatch(language):
+            found.append((language, path))
+    return found
+
 
 # Problems a report keeps to list (it counts them all).
 MAX_PROBLEMS = 10_000
@@ -36,6 +52,8 @@ class CheckReport:
     problem_count: int = 0
     # Where the letters' recipients come from: "the email column", or the To header's.
     recipients_from: str = ""
+    # Letters per language version ("" for the template itself).
+    versions: Counter[str] = field(default_factory=Counter)
     # Letters to international addresses (they need SMTPUTF8): how many, and the first few.
     international: int = 0
     international_examples: list[tuple[int, str]] = field(default_factory=list)
@@ -60,38 +78,58 @@ class Campaign:
     """One letter campaign. `name` defaults to the template's file stem."""
 
     def __init__(self, settings: Settings, recipients: Path, template: Path, *,
-                 name: str | None = None, allow_duplicates: bool = False) -> None:
+                 name: str | None = None, allow_duplicates: bool = False,
+                 where: Where | None = None) -> None:
         self.settings = settings
         self.recipients_path = recipients
         self.template = LetterTemplate.load(template)
         self.name = name or template.stem
         self.allow_duplicates = allow_duplicates
+        self.where = where
         self.builder = LetterBuilder(self.template, settings, self.name)
+        # Language versions beside the template (letter.fr.txt), each with its builder.
+        self.versions = {language: LetterBuilder(LetterTemplate.load(path, language), settings,
+                                                 self.name)
+                         for language, path in _versions(template)}
+
+    @property
+    def templates(self) -> list[LetterTemplate]:
+        """The template and its language versions."""
+        return [self.template, *(builder.template for builder in self.versions.values())]
 
     def recipients(self) -> RecipientList:
         """A fresh pass over the recipient list; raises InputError if its columns cannot work."""
         columns = read_columns(self.recipients_path)
-        missing = self.template.missing_columns(columns)
+        missing = [problem for template in self.templates
+                   for problem in template.missing_columns(columns)]
         if "email" not in columns and not self.template.get("To"):
             missing.append(Problem(str(self.recipients_path), 1, "no 'email' column (found: "
                                    f"{', '.join(columns)}), and the template has no To header "
                                    "to say who each letter goes to; add one or the other"))
         if missing:
             raise InputError(missing)
+        templates = self.templates
         return RecipientList(self.recipients_path,
-                             required=self.template.required_fields(),
-                             single_line=self.template.header_variables(),
-                             addresses=self.template.address_variables(),
-                             allow_duplicates=self.allow_duplicates)
+                             required=set().union(*(t.required_fields() for t in templates)),
+                             single_line=set().union(*(t.header_variables() for t in templates)),
+                             addresses=set().union(*(t.address_variables() for t in templates)),
+                             allow_duplicates=self.allow_duplicates, where=self.where)
+
+    def builder_for(self, recipient: Recipient) -> LetterBuilder:
+        """The builder of the row's language version (its `language` column), or the
+        template's."""
+        language = recipient.fields.get("language", "").strip().lower()
+        return self.versions.get(language, self.builder)
 
     def build_one(self, recipient: Recipient, *, redirect_to: str | None = None
                   ) -> Letter | Problem:
         """One recipient's letter, or the problem that keeps it from being built."""
+        builder = self.builder_for(recipient)
         try:
-            return self.builder.build(recipient, redirect_to=redirect_to)
+            return builder.build(recipient, redirect_to=redirect_to)
         except RenderError as error:
             return Problem(str(self.recipients_path), recipient.line,
-                           f"{error} (rendering {self.template.path})", error.column)
+                           f"{error} (rendering {builder.template.path})", error.column)
 
     def build(self, recipients: Iterable[Recipient | Problem] | None = None, *,
               redirect_to: str | None = None) -> Iterator[Letter | Problem]:
@@ -132,6 +170,7 @@ class Campaign:
                 report.add(item)
                 continue
             report.letters += 1
+            report.versions[item.version] += 1
             if item.smtputf8:
                 report.international += 1
                 if len(report.international_examples) < 5:

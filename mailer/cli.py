@@ -15,8 +15,9 @@ from typing import Any
 
 import click
 
+from . import starter
 from .addresses import InvalidAddress, normalize_address
-from .campaign import Campaign, plural
+from .campaign import Campaign, CheckReport, plural
 from .delivery import Delivery, Preview, SendOptions
 from .display import (
     TABLE_ROWS,
@@ -28,14 +29,16 @@ from .display import (
     shown,
     write_csv,
 )
-from .errors import ConfigError, MailerError
+from .errors import ConfigError, MailerError, Problem
 from .outbox import write_outbox
 from .outcome import Outcome, Status
-from .sender import Sender, SendSummary
+from .recipients import Where
+from .sender import Sender, SendSummary, Waiting
 from .sendlog import open_log
 from .settings import PLACEHOLDER_FROM, PLACEHOLDER_NAME, Settings, load_settings
 from .sink import Received, Sink, start_sink
 from .smtp import Connection, tls_context
+from .starter import PROVIDERS
 
 _PATH = click.Path(path_type=Path)
 
@@ -52,6 +55,23 @@ def _text(context: click.Context, parameter: click.Parameter, value: str | None)
     return value
 
 
+def _warnings(campaign: Campaign) -> list[Problem]:
+    return [warning for template in campaign.templates for warning in template.warnings]
+
+
+def _unused_versions(campaign: Campaign, report: CheckReport) -> list[Problem]:
+    return [Problem(str(t.path), None, f"warning: no row of {campaign.recipients_path} has "
+                    f"language {t.language!r}") for t in campaign.templates
+            if t.language and not report.versions[t.language]]
+
+
+def _where(items: tuple[str, ...]) -> Where | None:
+    try:
+        return Where.parse(items) if items else None
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="'--where'") from None
+
+
 def _common(command: Callable[..., Any]) -> Callable[..., Any]:
     """Options every campaign command shares: which list, which template, which settings."""
     for option in reversed([
@@ -63,6 +83,10 @@ def _common(command: Callable[..., Any]) -> Callable[..., Any]:
                      ".env, if there is one]; the environment overrides it."),
         click.option("--allow-duplicates", is_flag=True,
                      help="Accept an address listed more than once (it still gets one letter)."),
+        click.option("--where", multiple=True, metavar="COLUMN=VALUE",
+                     help="Only the rows whose COLUMN is VALUE (any case and accents); "
+                          "repeatable: values of one column are alternatives, columns must "
+                          "all match."),
     ]):
         command = option(command)
     return command
@@ -76,17 +100,22 @@ def cli() -> None:
 
 @cli.command()
 @_common
-def check(recipients: Path, template: Path, env_file: Path | None,
-          allow_duplicates: bool) -> None:
+def check(recipients: Path, template: Path, env_file: Path | None, allow_duplicates: bool,
+          where: tuple[str, ...]) -> None:
     """Validate the recipient list, the template and every letter; send nothing.
 
     Exit status: 0 clean, 1 problems found, 2 usage or configuration error.
     """
     settings = load_settings(env_file)
-    campaign = Campaign(settings, recipients, template, allow_duplicates=allow_duplicates)
+    campaign = Campaign(settings, recipients, template, allow_duplicates=allow_duplicates,
+                        where=_where(where))
     report = campaign.check()
-    for warning in campaign.template.warnings:
+    for warning in [*_warnings(campaign), *_unused_versions(campaign, report)]:
         click.echo(shown(str(warning)))
+    if campaign.versions:
+        click.echo(shown("Versions: " + ", ".join(
+            f"{template.path.name} {plural(report.versions[template.language], 'letter')}"
+            for template in campaign.templates) + "."))
     if report.recipients_from != "the 'email' column":
         click.echo(shown(f"The letters go to {report.recipients_from}."))
     for problem in report.problems:
@@ -127,25 +156,41 @@ def check(recipients: Path, template: Path, env_file: Path | None,
 @click.option("--port", type=int, help="SMTP port [MAILER_SMTP_PORT].")
 @click.option("--security", type=click.Choice(["starttls", "tls", "none"]),
               help="TLS mode [MAILER_SMTP_SECURITY].")
+@click.option("--daily-limit", type=click.IntRange(min=1),
+              help="At most N letters from this account in any 24 hours [MAILER_DAILY_LIMIT].")
+@click.option("--window", metavar="SPANS",
+              help='Send only then, e.g. "Mon-Fri 09:00-17:00" [MAILER_WINDOW].')
+@click.option("--window-tz", metavar="ZONE",
+              help="The window's time zone for rows with no timezone column, e.g. "
+                   "Europe/Paris [MAILER_WINDOW_TZ; default: this machine's].")
+@click.option("--wait", is_flag=True,
+              help="Wait for the daily limit, a quota or the window instead of stopping.")
 def send(recipients: Path, template: Path, env_file: Path | None, allow_duplicates: bool,
-         dry_run: bool, limit: int | None, outbox: Path, yes: bool, redirect_to: str | None,
-         campaign_name: str | None, log_path: Path | None, retry_failed: bool,
-         resend_unknown: bool, rate: str | None, domain_rate: tuple[str, ...],
-         concurrency: int | None, timeout: float | None, max_attempts: int | None,
-         host: str | None, port: int | None, security: str | None) -> None:
+         where: tuple[str, ...], dry_run: bool, limit: int | None, outbox: Path, yes: bool,
+         redirect_to: str | None, campaign_name: str | None, log_path: Path | None,
+         retry_failed: bool, resend_unknown: bool, rate: str | None,
+         domain_rate: tuple[str, ...], concurrency: int | None, timeout: float | None,
+         max_attempts: int | None, host: str | None, port: int | None, security: str | None,
+         daily_limit: int | None, window: str | None, window_tz: str | None,
+         wait: bool) -> None:
     """Send the campaign (or, with --dry-run, write every letter to the outbox).
 
     A live send shows what it is about to do and asks first (--yes skips the question).
     Re-running it continues the campaign: letters already sent are never sent again.
-    Exit status: 0 all sent, 1 some not sent, 2 usage or configuration error, 130 stopped.
+
+    Exit status: 0 all sent; 1 some letters failed, are unknown or were not sent; 2 usage
+    or configuration error; 75 stopped for now (the daily limit, a provider's quota, the
+    send window or the server's pace): run it again later, or use --wait; 130 stopped by
+    Ctrl-C.
     """
     settings = load_settings(
         env_file, rate=rate, domain_rates=list(domain_rate) or None, concurrency=concurrency,
         timeout=timeout, max_attempts=max_attempts, smtp_host=host, smtp_port=port,
-        smtp_security=security, log=log_path)
+        smtp_security=security, log=log_path, daily_limit=daily_limit, window=window,
+        window_tz=window_tz)
     campaign = Campaign(settings, recipients, template, name=campaign_name,
-                        allow_duplicates=allow_duplicates)
-    options = SendOptions(limit, retry_failed, resend_unknown)
+                        allow_duplicates=allow_duplicates, where=_where(where))
+    options = SendOptions(limit, retry_failed, resend_unknown, wait)
     if dry_run:
         _dry_run(campaign, settings, outbox, options)
     elif redirect_to:
@@ -168,14 +213,16 @@ def _dry_run(campaign: Campaign, settings: Settings, outbox: Path,
         click.echo(f"No sender is configured: letters show the placeholder {PLACEHOLDER_NAME} "
                    f"<{PLACEHOLDER_FROM}>. Set MAILER_FROM and MAILER_SENDER_NAME in .env "
                    "before a live send.\n")
-    for warning in campaign.template.warnings:
+    for warning in _warnings(campaign):
         click.echo(shown(str(warning)), err=True)
     log = open_log(settings.log, create=False) if settings.log.exists() else None
     preview = Preview(campaign, log, options)
     written = 0
+    shown_versions: set[str] = set()
     try:
         for path, letter in write_outbox(preview.letters(), outbox):
-            if written == 0:
+            if letter.version not in shown_versions:  # the first letter of each version
+                shown_versions.add(letter.version)
                 click.echo(f"--- {path} ---")
                 click.echo(readable(letter.data))
             written += 1
@@ -221,7 +268,8 @@ def _test_send(campaign: Campaign, address: str, count: int, yes: bool) -> None:
     campaign.require_clean()
     _confirm("Send the test?", yes)
     letters = itertools.islice(campaign.letters(redirect_to=address), count)
-    _sending(lambda stop: sender.send(letters, stop), lambda o: click.echo(outcome_line(o)))
+    _sending(lambda stop: sender.send(letters, stop), lambda o: click.echo(outcome_line(o))
+             if isinstance(o, Outcome) else None)
     raise click.exceptions.Exit(_report(sender.summary))
 
 
@@ -231,7 +279,7 @@ def _live_send(campaign: Campaign, options: SendOptions, yes: bool) -> None:
     with open_log(settings.log) as log, Delivery(campaign, log, options) as delivery:
         _say_takeover(delivery)
         plan = delivery.plan
-        for warning in campaign.template.warnings:
+        for warning in _warnings(campaign):
             click.echo(shown(str(warning)), err=True)
         click.echo(shown(f"Campaign {campaign.name!r}: {plan.explain()}."))
         if plan.due == 0:
@@ -279,8 +327,8 @@ def _say_takeover(delivery: Delivery) -> None:
                    "lists them, --resend-unknown sends them again).")
 
 
-def _sending(outcomes: Callable[[asyncio.Event], AsyncIterator[Outcome]],
-             show: Callable[[Outcome], None]) -> None:
+def _sending(outcomes: Callable[[asyncio.Event], AsyncIterator[Outcome | Waiting]],
+             show: Callable[[Outcome | Waiting], None]) -> None:
     """Run a send, showing each outcome. The first Ctrl-C (or SIGTERM) stops it cleanly:
     no new letter, those in flight finish. A second stops it at once."""
 
@@ -317,6 +365,14 @@ def _sending(outcomes: Callable[[asyncio.Event], AsyncIterator[Outcome]],
         raise click.exceptions.Exit(130) from None
 
 
+def _when(moment: float) -> str:
+    """A time to come back at, on this machine's clock."""
+    days = (time.localtime(moment).tm_yday - time.localtime().tm_yday) % 365
+    shown = time.strftime("%H:%M", time.localtime(moment))
+    return (shown if days == 0 else time.strftime("%a %d %b %H:%M", time.localtime(moment))
+            if days < 7 else time.strftime("%Y-%m-%d %H:%M", time.localtime(moment)))
+
+
 def _report(summary: SendSummary, missing: int = 0, recipients: Path | None = None) -> int:
     counts = ", ".join(f"{n} {s}" for s, n in sorted(summary.counts.items())) or "nothing sent"
     rate = summary.total / summary.elapsed if summary.elapsed > 0 else 0.0
@@ -337,10 +393,25 @@ def _report(summary: SendSummary, missing: int = 0, recipients: Path | None = No
         click.echo(f"Not sent: {plural(missing, 'planned letter')}: {recipients} changed "
                    "during the run, so it stopped taking letters. Run mailer send again: it "
                    "checks the list as it is now and sends what is due.")
+    come_back = False
+    if summary.paused and summary.resume_at is not None:
+        click.echo(shown(f"Stopped for now: {summary.paused}. The next letter may go at "
+                         f"{_when(summary.resume_at)}: run mailer send again then (or with "
+                         "--wait, to wait for it)."))
+        come_back = True
+    if summary.outside_window and summary.window_opens is not None:
+        click.echo(f"Left for later: {plural(summary.outside_window, 'letter')} outside "
+                   f"the send window; it next opens at {_when(summary.window_opens)} "
+                   "(run mailer send again then, or with --wait).")
+        come_back = True
     if summary.interrupted:
         click.echo("Run mailer send again to continue where it stopped.")
         return 130
-    return 0 if summary.counts[Status.SENT] == summary.total and not missing else 1
+    troubled = (summary.counts[Status.FAILED] + summary.counts[Status.UNKNOWN] + missing
+                + (0 if come_back or summary.throttled else summary.counts[Status.DEFERRED]))
+    if troubled:
+        return 1
+    return 75 if come_back or summary.counts[Status.DEFERRED] else 0
 
 
 _ATTENTION = (Status.FAILED, Status.DEFERRED, Status.UNKNOWN, Status.SENDING, Status.PENDING)
@@ -394,6 +465,25 @@ def log(log_path: Path | None, env_file: Path | None, campaign_name: str | None,
                 click.echo(f"... and {count - TABLE_ROWS:,} more (--format csv lists them all)")
     finally:
         send_log.close()
+
+
+@cli.command()
+@click.argument("folder", type=_PATH, default=Path("."), required=False)
+@click.option("--provider", type=click.Choice(sorted(PROVIDERS)),
+              help="Fill .env.example in for this mail provider.")
+def init(folder: Path, provider: str | None) -> None:
+    """Write a starter campaign into FOLDER (default: here).
+
+    The sample officials, the letter and .env.example; it never overwrites a file.
+    """
+    for path in starter.init(folder, provider):
+        click.echo(f"wrote {path}")
+    there = [f"cd {folder}"] if folder != Path(".") else []
+    click.echo("Next:\n" + "\n".join(f"  {step}" for step in [
+        *there,
+        "mailer send --dry-run              # every letter into outbox/, nothing sent",
+        "cp .env.example .env               # then your address, name and password in .env",
+        "mailer send --to you@example.org   # a test letter to yourself; then: mailer send"]))
 
 
 @cli.command()

@@ -30,7 +30,8 @@ from .message import Letter
 from .outcome import Outcome, Status
 from .recipients import Recipient
 from .recorder import Recorder
-from .sender import Policy, Sender, SendSummary
+from .schedule import DAY, Clock, DailyLimit, SystemClock
+from .sender import Policy, Schedule, Sender, SendSummary, Waiting
 from .sendlog import Listed, Run, SendLog
 
 # Letters whose states are looked up at once: one query each, little held in memory.
@@ -40,11 +41,13 @@ _SHOWN_SKIPS = 20
 
 @dataclass(frozen=True, slots=True)
 class SendOptions:
-    """Which letters a run sends."""
+    """Which letters a run sends, and whether it waits for a quota or a send window (rather
+    than stop, leaving the rest for a later run)."""
 
     limit: int | None = None
     retry_failed: bool = False
     resend_unknown: bool = False
+    wait: bool = False
 
     def due(self, status: Status) -> bool:
         """Whether a recipient in this state gets the letter in this run."""
@@ -106,9 +109,11 @@ class Plan:
 
 def template_hash(campaign: Campaign) -> str:
     """SHA-256 of the template file(s), stored with each run and letter."""
-    digest = hashlib.sha256(campaign.template.path.read_bytes())
-    if campaign.template.html_path is not None:
-        digest.update(campaign.template.html_path.read_bytes())
+    digest = hashlib.sha256()
+    for template in campaign.templates:
+        digest.update(template.path.read_bytes())
+        if template.html_path is not None:
+            digest.update(template.html_path.read_bytes())
     return digest.hexdigest()
 
 
@@ -170,10 +175,12 @@ class Delivery:
     """A logged live send of one campaign (see the module's docstring)."""
 
     def __init__(self, campaign: Campaign, log: SendLog, options: SendOptions,
-                 policy: Policy | None = None) -> None:
+                 policy: Policy | None = None, clock: Clock | None = None) -> None:
         self.campaign = campaign
         self.log = log
+        self.options = options
         self.policy = policy
+        self.clock = clock or SystemClock()
         self.plan = Plan(options)
         self.run: Run | None = None
         self.summary = SendSummary()
@@ -184,10 +191,11 @@ class Delivery:
         self._outcome = "stopped before sending"
 
     def __enter__(self) -> Delivery:
-        self.campaign.settings.require_sender()
         campaign = self.campaign
-        self.run = self.log.begin_run(campaign.name, campaign.settings.public(),
-                                      template_hash(campaign))
+        settings = campaign.settings
+        settings.require_sender(name="sender_name" in campaign.template.variables())
+        self.run = self.log.begin_run(campaign.name, settings.public(), template_hash(campaign),
+                                      settings.account)
         try:
             self._prepare()
         except BaseException as error:
@@ -235,17 +243,30 @@ class Delivery:
             del built  # not to keep a large letter alive while the next is built
         self.missing = len(due)
 
-    async def send(self, stop: asyncio.Event) -> AsyncIterator[Outcome]:
-        """Send the due letters, yielding each outcome; setting `stop` ends the run cleanly
-        (letters in flight finish)."""
+    def schedule(self) -> Schedule:
+        """When this run may send: the window, and what is left of the account's daily
+        limit (counted in the log, across runs and campaigns)."""
+        settings = self.campaign.settings
+        daily = None
+        if settings.daily_limit is not None:
+            sent = self.log.sent_since(settings.account, self.clock.time() - DAY)
+            daily = DailyLimit(settings.daily_limit, sent)
+        return Schedule(settings.window, settings.zone, daily, self.options.wait)
+
+    async def send(self, stop: asyncio.Event) -> AsyncIterator[Outcome | Waiting]:
+        """Send the due letters, yielding each outcome and each wait; setting `stop` ends
+        the run cleanly (letters in flight finish)."""
         assert self.run is not None, "use Delivery as a context manager"
         self._outcome = "failed"
-        async with Recorder(self.log, self.run) as recorder:
-            sender = Sender(self.campaign.settings, recorder, policy=self.policy)
+        async with Recorder(self.log, self.run, self.clock) as recorder:
+            sender = Sender(self.campaign.settings, recorder, policy=self.policy,
+                            schedule=self.schedule(), clock=self.clock)
             self.summary = sender.summary
-            async for outcome in sender.send(self._due_letters(), stop):
-                yield outcome
-        self._outcome = "interrupted" if self.summary.interrupted else "completed"
+            async for event in sender.send(self._due_letters(), stop):
+                yield event
+        self._outcome = ("interrupted" if self.summary.interrupted
+                         else f"paused: {self.summary.paused}" if self.summary.paused
+                         else "completed")
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  traceback: TracebackType | None) -> None:

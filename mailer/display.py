@@ -26,6 +26,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .outcome import Outcome, Status
+from .sender import Waiting
 from .sendlog import Entry
 
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e"
@@ -85,8 +86,20 @@ class Progress:
         if self._bar is not None:
             self._bar.stop()
 
-    def update(self, outcome: Outcome) -> None:
-        """Count one outcome; print it if it is not a plain success (or if not on a terminal)."""
+    def update(self, event: Outcome | Waiting) -> None:
+        """Count one outcome; print it if it is not a plain success (or if not on a
+        terminal). Say when a wait begins, and until when."""
+        if isinstance(event, Waiting):
+            line = (f"Waiting until {time.strftime('%a %d %b %H:%M', time.localtime(event.until))}"
+                    f" ({event.reason}); Ctrl-C stops")
+            if self._bar is None:
+                print(shown(line, one_line=True), flush=True)
+            else:
+                self._bar.update(self._task, description=shown(line, one_line=True))
+            return
+        outcome = event
+        if self._bar is not None:
+            self._bar.update(self._task, description="sending")
         self.counts[outcome.status] += 1
         if self._bar is None:
             print(outcome_line(outcome))

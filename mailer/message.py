@@ -73,6 +73,10 @@ class Letter:
     data: bytes
     # An address in its envelope or headers is international (RFC 6531).
     smtputf8: bool = False
+    # The row's time zone (its `timezone` column), for its send window; "" for none.
+    zone: str = ""
+    # The language version it was built from ("" for the template itself).
+    version: str = ""
 
 
 def message_id(campaign: str, email: str, domain: str) -> str:
@@ -89,9 +93,9 @@ class LetterBuilder:
         self.settings = settings
         self.campaign = campaign
         self._domain = settings.from_address.rpartition("@")[2]
-        self._from = address_header("From", [Mailbox(settings.sender_name,
+        self._from = address_header("From", [Mailbox(settings.shown_name,
                                                      settings.from_address)])
-        self._extra = {"sender_name": settings.sender_name,
+        self._extra = {"sender_name": settings.shown_name,
                        "sender_email": settings.from_address}
         self._date = ("", -1)
 
@@ -154,7 +158,9 @@ class LetterBuilder:
         sender = self.settings.from_address
         return Letter(recipient.line, identity, sender, targets, msgid, data,
                       smtputf8=not head.isascii() or not all(
-                          a.isascii() for a in (sender, *targets)))
+                          a.isascii() for a in (sender, *targets)),
+                      zone=recipient.fields.get("timezone", "").strip(),
+                      version=self.template.language)
 
     def _now(self) -> str:
         second = int(time.time())

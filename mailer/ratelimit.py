@@ -1,4 +1,5 @@
-"""Awaitable rate limits: one shared pace for the whole run, and optional per-domain paces.
+"""Paces: one shared rate for the whole run, optional per-domain rates, and the pause a
+server asks for when it throttles the run.
 
 Pacing is GCRA (a token bucket expressed as a schedule): letter k may start at
 ``start + k / rate``; up to `burst` letters may run ahead of that schedule (default 1, so
@@ -45,8 +46,10 @@ class RateLimiter:
 class DomainLimits:
     """Per-domain limiters; a limit for `europa.eu` also covers `europarl.europa.eu`."""
 
-    def __init__(self, rates: Mapping[str, Rate]) -> None:
-        self._limiters = {domain.lower(): RateLimiter(rate) for domain, rate in rates.items()}
+    def __init__(self, rates: Mapping[str, Rate], *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._limiters = {domain.lower(): RateLimiter(rate, clock=clock)
+                          for domain, rate in rates.items()}
 
     def __bool__(self) -> bool:
         return bool(self._limiters)
@@ -59,3 +62,34 @@ class DomainLimits:
                 return self._limiters[domain]
             domain = domain.partition(".")[2]
         return None
+
+
+class Throttle:
+    """The server's requests to slow down: each makes every connection pause (1 s, then
+    twice as long each time it asks again, up to 5 minutes; a letter that goes through
+    starts the count again) and leaves the run one connection fewer, down to one. Refusals
+    that arrive during a pause answer tries made before it: they count as the same one."""
+
+    FIRST = 1.0
+    LONGEST = 300.0
+
+    def __init__(self, connections: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.connections = connections
+        self._clock = clock
+        self._until = 0.0
+        self._strikes = 0
+
+    def hit(self) -> None:
+        if self._clock() < self._until:
+            return  # another connection's answer to the same request: it was counted
+        self._strikes += 1
+        pause = min(self.LONGEST, self.FIRST * 2.0 ** (self._strikes - 1))
+        self._until = max(self._until, self._clock() + pause)
+        self.connections = max(1, self.connections - 1)
+
+    def eased(self) -> None:
+        self._strikes = 0
+
+    def wait(self) -> float:
+        """Seconds until the connections may send again."""
+        return max(0.0, self._until - self._clock())

@@ -8,6 +8,7 @@ only a 64-bit hash per address is kept to find duplicates).
 from __future__ import annotations
 
 import csv
+import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from .addresses import InvalidAddress, normalize_address
 from .errors import ConfigError, InputError, Problem
+from .schedule import zone
 from .template import CONTROL, LINE_BREAK, SETTINGS_VARIABLES
 
 _DELIMITERS = (",", ";", "\t")
@@ -46,6 +48,13 @@ def _single_line(value: str) -> str:
     if control:
         raise ValueError(f"contains a control character (U+{ord(control[0]):04X}), but it is "
                          "used in a mail header; remove it")
+    return value
+
+
+def _timezone(value: str) -> str:
+    """A row's time zone, for its send window: an IANA name, or nothing for the default."""
+    if value.strip():
+        zone(value.strip())
     return value
 
 
@@ -98,8 +107,40 @@ def row_model(columns: list[str], required: Iterable[str] = (),
                 checks.append(AfterValidator(_required))
             if column in addresses:
                 checks.append(AfterValidator(_address))
+            if column == "timezone":
+                checks.append(AfterValidator(_timezone))
         fields[f"c{index}"] = (Annotated[str, *checks], Field(alias=column))
     return create_model("RecipientRow", __config__=ConfigDict(frozen=True), **fields)
+
+
+def fold(text: str) -> str:
+    """Text as `--where` compares it: without case or accents (Élysée = elysee)."""
+    return "".join(c for c in unicodedata.normalize("NFKD", text)
+                   if not unicodedata.combining(c)).casefold().strip()
+
+
+@dataclass(frozen=True, slots=True)
+class Where:
+    """Only the rows whose values match, any case and accents: several values of one column
+    are alternatives, different columns must all match."""
+
+    wanted: tuple[tuple[str, frozenset[str]], ...]
+    text: str
+
+    @classmethod
+    def parse(cls, items: Iterable[str]) -> Where:
+        wanted: dict[str, set[str]] = {}
+        for item in items:
+            column, sep, value = item.partition("=")
+            if not sep or not column.strip():
+                raise ValueError(f"{item!r} should look like country=France")
+            key = "email" if column.strip().lower() == "email" else column.strip()
+            wanted.setdefault(key, set()).add(fold(value))
+        return cls(tuple((c, frozenset(v)) for c, v in wanted.items()),
+                   " ".join(f"--where {item}" for item in items))
+
+    def matches(self, fields: dict[str, str]) -> bool:
+        return all(fold(fields[column]) in values for column, values in self.wanted)
 
 
 class RecipientList:
@@ -113,22 +154,37 @@ class RecipientList:
 
     def __init__(self, path: Path, *, required: Iterable[str] = (),
                  single_line: Iterable[str] = (), addresses: Iterable[str] = (),
-                 allow_duplicates: bool = False) -> None:
+                 allow_duplicates: bool = False, where: Where | None = None) -> None:
         self.path = path
         self.allow_duplicates = allow_duplicates
         self.columns = read_columns(path)
+        self.where = where
+        unknown = [c for c, _ in where.wanted if c not in self.columns] if where else []
+        if unknown:
+            raise InputError([Problem(str(path), 1, f"--where {column}=...: there is no column "
+                                      f"{column!r}; the columns are {', '.join(self.columns)}")
+                              for column in unknown])
         self._model = row_model(self.columns, required, single_line, addresses)
-        # Records read by the last pass (the header and malformed records aside).
+        # Records read by the last pass (the header and malformed records aside; with
+        # `where`, only those that match).
         self.rows = 0
 
     def __iter__(self) -> Iterator[Recipient | Problem]:
         self.rows = 0
         seen: set[int] = set()
         suspects: dict[str, list[Recipient]] = {}
+        values_seen: dict[str, set[str]] = {}
         for item in _records(self.path, self.columns, skip_header=True):
             if isinstance(item, Problem):
                 yield item
                 continue
+            if self.where is not None:
+                fields = dict(zip(self.columns, item[1], strict=True))
+                if not self.where.matches(fields):
+                    for column, _ in self.where.wanted:
+                        if len(values_seen.setdefault(column, set())) < 5:
+                            values_seen[column].add(fields[column].strip())
+                    continue
             self.rows += 1
             recipient = self._validate(*item)
             if not isinstance(recipient, Recipient):
@@ -146,6 +202,11 @@ class RecipientList:
         if suspects:
             del seen
             yield from self._settle_duplicates(suspects)
+        if self.where is not None and not self.rows:
+            found = "; ".join(f"{column} holds {', '.join(sorted(map(repr, values)))}..."
+                              for column, values in values_seen.items())
+            yield Problem(str(self.path), None, f"no row matches {self.where.text} ({found}); "
+                          "check the spelling")
 
     def _validate(self, line: int, values: list[str]) -> Recipient | list[Problem]:
         try:
@@ -173,6 +234,9 @@ class RecipientList:
             except InvalidAddress:
                 continue
             # An invalid row is not sent, so it is not the copy that is kept.
+            if self.where is not None and not self.where.matches(
+                    dict(zip(self.columns, values, strict=True))):
+                continue
             if (key in suspects and key not in first
                     and isinstance(self._validate(line, values), Recipient)):
                 first[key] = line

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -19,6 +18,7 @@ from typing import Any, TypeVar
 from .errors import LogError
 from .message import Letter
 from .outcome import Outcome
+from .schedule import Clock, SystemClock
 from .sendlog import Run, SendLog
 
 _T = TypeVar("_T")
@@ -30,9 +30,10 @@ class Recorder:
     LINGER = 0.05
     HEARTBEAT = 15.0
 
-    def __init__(self, log: SendLog, run: Run) -> None:
+    def __init__(self, log: SendLog, run: Run, clock: Clock | None = None) -> None:
         self.log = log
         self.run = run
+        self._clock = clock or SystemClock()
         # The log's one connection is used by this thread alone while the run lasts.
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="mailer-log")
         self._marks: list[tuple[str, asyncio.Future[None]]] = []
@@ -93,7 +94,7 @@ class Recorder:
                 return
             try:
                 await self.call(self.log.commit, self.run, [key for key, _ in marks],
-                                outcomes, time.time())
+                                outcomes, self._clock.time())
             except Exception as error:  # whatever it is, no letter may wait on it forever
                 failure = error if isinstance(error, LogError) else LogError(
                     f"send log {self.log.location}: cannot record: {error}")

@@ -4,32 +4,40 @@
 when they are free, so a letter is built just before a connection can send it. Each worker
 paces itself on the shared rate limit and the per-domain limits, marks the letter in the send
 log just before its DATA (`Recorder.sending`), and retries transient failures with jittered
-exponential backoff. A letter whose domain has used its limit waits aside while the others
-go. When the server asks the run to slow down (421, a rate reply, a connection too many),
-every connection pauses and the run goes on with one connection fewer. Setting `stop` ends
-the run: no new letter starts, waits end at once, and the letters in the middle of an SMTP
-exchange finish it (bounded by the timeout).
+exponential backoff. A letter whose domain has used its limit, or whose send window is
+closed, waits aside while the others go. When the server asks the run to slow down (421, a
+rate reply, a connection too many), every connection pauses and the run goes on with one
+connection fewer.
+
+A run stops early, its letters left as they are, when the account's daily limit is used up
+or the provider answers with a quota reply (replies.py); letters outside their window are
+left for a later run. With `Schedule.wait` it waits instead, for days if need be, and says
+so (`Waiting`). Setting `stop` ends the run: no new letter starts, waits end at once, and the
+letters in the middle of an SMTP exchange finish it (bounded by the timeout).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import itertools
 import random
-import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, tzinfo
 
+from .account import login
 from .errors import MailerError, TooManyFailures
 from .message import Letter
 from .outcome import Outcome, Status
-from .ratelimit import DomainLimits, RateLimiter
+from .ratelimit import DomainLimits, RateLimiter, Throttle
 from .recorder import Recorder
+from .schedule import Clock, DailyLimit, SystemClock, Window, zone
 from .settings import Settings
-from .smtp import Attempt, Connection, check_security, tls_context
+from .smtp import Attempt, Connection, tls_context
+
+HOUR = 3600.0
 
 
 @dataclass(slots=True)
@@ -44,10 +52,42 @@ class SendSummary:
     connections: int = 0
     # Letters sent without a Cc or Bcc copy the server refused.
     copies_refused: int = 0
+    # Why the run stopped before its letters were sent, and when the next may go (Unix time).
+    paused: str = ""
+    resume_at: float | None = None
+    # Letters left for a later run because their send window was closed, and when it opens.
+    outside_window: int = 0
+    window_opens: float | None = None
 
     @property
     def total(self) -> int:
         return sum(self.counts.values())
+
+
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    """The run waits (`Schedule.wait`) until `until` (Unix time), for `reason`."""
+
+    until: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """When the run may send: the send window (in each letter's time zone, else `zone`), the
+    account's daily limit, and whether to wait for them rather than stop."""
+
+    window: Window | None = None
+    zone: tzinfo = UTC
+    daily: DailyLimit | None = None
+    wait: bool = False
+
+    def opens(self, letter: Letter, now: float) -> float:
+        """`now` if the letter's window is open, else when it opens."""
+        if self.window is None:
+            return now
+        where = zone(letter.zone) if letter.zone else self.zone
+        return self.window.opens(datetime.fromtimestamp(now, where)).timestamp()
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,31 +112,38 @@ class Sender:
     them with `recorder` (None for test sends, which are not the campaign's)."""
 
     def __init__(self, settings: Settings, recorder: Recorder | None = None, *,
-                 policy: Policy | None = None) -> None:
-        check_security(settings)
+                 policy: Policy | None = None, schedule: Schedule | None = None,
+                 clock: Clock | None = None) -> None:
+        self._login = login(settings)  # refuses what is unsafe; runs a password command
         self.settings = settings
         self.recorder = recorder
         self.policy = policy or Policy(max_attempts=settings.max_attempts)
+        self.schedule = schedule or Schedule()
+        self.clock = clock or SystemClock()
         self.summary = SendSummary()
-        self._rate = RateLimiter(settings.rate)
+        self._rate = RateLimiter(settings.rate, clock=self.clock.monotonic)
         # Shared by every connection: a domain's limit is for the run, not per connection.
-        self._domains = DomainLimits(settings.domain_rates)
+        self._domains = DomainLimits(settings.domain_rates, clock=self.clock.monotonic)
         self._context = tls_context(settings)
-        self._throttle = _Throttle(settings.concurrency)
+        self._throttle = Throttle(settings.concurrency, self.clock.monotonic)
+        self._quota_pauses = 0
+        self._paused_until = 0.0
         self._failures_in_a_row = 0
-        self._outcomes: asyncio.Queue[Outcome | None] = asyncio.Queue()
+        self._events: asyncio.Queue[Outcome | Waiting | None] = asyncio.Queue()
+        self._stop = asyncio.Event()
 
     async def send(self, letters: AsyncIterator[Letter] | Iterable[Letter],
-                   stop: asyncio.Event) -> AsyncIterator[Outcome]:
-        """Send every letter (until `stop` is set), yielding each outcome as it comes.
+                   stop: asyncio.Event) -> AsyncIterator[Outcome | Waiting]:
+        """Send every letter (until `stop` is set), yielding each outcome as it comes, and
+        each wait.
 
         Ends by raising the SendError (login, TLS, too many failures) or LogError that
         stopped the run, once every outcome before it has been yielded.
         """
         run = asyncio.create_task(self._run(_aiter(letters), stop))
         try:
-            while (outcome := await self._outcomes.get()) is not None:
-                yield outcome
+            while (event := await self._events.get()) is not None:
+                yield event
         except asyncio.CancelledError:
             run.cancel()  # a hard stop: letters in the middle of DATA become unknown
             raise
@@ -106,16 +153,17 @@ class Sender:
             await run
 
     async def _run(self, letters: AsyncIterator[Letter], stop: asyncio.Event) -> None:
-        started = time.monotonic()
-        connections = [Connection(self.settings, self._context)
+        started = self.clock.monotonic()
+        watcher = asyncio.create_task(_relay(stop, self._stop))
+        connections = [Connection(self.settings, self._context, self._login)
                        for _ in range(self._throttle.connections)]
-        feed = _Feed(letters, DomainLimits(self.settings.domain_rates), self.policy.held_back)
+        feed = _Feed(letters, self)
         try:
             # Fail fast (bad password, bad certificate, no server) before taking any letter.
             await connections[0].open()
             async with asyncio.TaskGroup() as group:
                 for index, connection in enumerate(connections):
-                    group.create_task(self._work(index, connection, feed, stop))
+                    group.create_task(self._work(index, connection, feed))
         except BaseException as error:
             for connection in connections:
                 connection.close()  # a session cut off mid-exchange is not to be ended politely
@@ -127,32 +175,49 @@ class Sender:
             for connection in connections:
                 await connection.quit()
         finally:
-            self.summary.elapsed = time.monotonic() - started
-            self.summary.interrupted = stop.is_set()
-            self.summary.connections = self._throttle.connections
-            self._outcomes.put_nowait(None)
+            watcher.cancel()
+            summary = self.summary
+            summary.elapsed = self.clock.monotonic() - started
+            summary.interrupted = stop.is_set()
+            summary.connections = self._throttle.connections
+            self._events.put_nowait(None)
 
-    async def _work(self, index: int, connection: Connection, feed: _Feed,
-                    stop: asyncio.Event) -> None:
+    def _halt(self, reason: str, resume_at: float) -> None:
+        """Stop taking letters until later (the letters in flight finish)."""
+        if not self.summary.paused:
+            self.summary.paused, self.summary.resume_at = reason, resume_at
+        self._stop.set()
+
+    async def _wait_until(self, until: float, reason: str) -> bool:
+        """Wait (and say so) until `until`, Unix time; False if the run stopped first."""
+        self._events.put_nowait(Waiting(until, reason))
+        return await self.clock.sleep(until - self.clock.time(), self._stop)
+
+    async def _work(self, index: int, connection: Connection, feed: _Feed) -> None:
         # Connections beyond what the server lets the run keep stop, after their letter.
-        while index < self._throttle.connections and (letter := await feed.next(stop)):
-            outcome = await self._deliver(index, connection, feed, letter, stop)
+        while index < self._throttle.connections and (letter := await feed.next()):
+            outcome = await self._deliver(index, connection, feed, letter)
             letter = None  # not to keep a large letter alive while the next is built
             if outcome is not None:
                 self._finish(outcome)
         connection.close()
 
-    async def _deliver(self, index: int, connection: Connection, feed: _Feed, letter: Letter,
-                       stop: asyncio.Event) -> Outcome | None:
+    async def _deliver(self, index: int, connection: Connection, feed: _Feed,
+                       letter: Letter) -> Outcome | None:
         """Try one letter until it is sent, fails for good, runs out of tries or the run
         stops; None if it was never tried (it keeps its state, or went back to the feed)."""
-        deadline = time.monotonic() + self.policy.retry_window
+        clock = self.clock
+        deadline = clock.monotonic() + self.policy.retry_window
         first_try: float | None = None
         attempt: Attempt | None = None
         tries = 0
-        while await self._paced(letter, stop):
+        slot = await self._daily_slot()
+        if slot is None:
+            return None
+        reached_data = False
+        while await self._paced(letter):
             tries += 1
-            now = time.time()
+            now = clock.time()
             first_try = first_try or now
             marked = False
 
@@ -170,7 +235,17 @@ class Sender:
                                             "stopped while this letter was in flight",
                                             first_try=first_try, last_try=now), pause=False)
                 raise
+            reached_data = reached_data or marked
             delay = self.policy.delay(tries)
+            if attempt.quota:
+                tries -= 1  # the account's, not this letter's: it costs time, not tries
+                if not self.schedule.wait:
+                    self._halt(f"{attempt.code} {attempt.reply}: {attempt.quota}",
+                               clock.time() + HOUR)
+                    break
+                if await self._quota_pause(attempt):
+                    continue
+                break
             if attempt.throttled:
                 self._throttle.hit()
                 self.summary.throttled = attempt.reply
@@ -181,29 +256,79 @@ class Sender:
                 delay = max(delay, self._throttle.wait())
             elif attempt.status == Status.SENT:
                 self._throttle.eased()
+                self._quota_pauses = 0
             if not (attempt.retry and tries < self.policy.max_attempts
-                    and time.monotonic() + delay < deadline and await _pause(delay, stop)):
+                    and clock.monotonic() + delay < deadline
+                    and await clock.sleep(delay, self._stop)):
                 break
+        if not reached_data and self.schedule.daily is not None:
+            self.schedule.daily.give_back(slot)  # it did not go: the quota is not used
         if attempt is None:
             return None
         return Outcome.of(letter, attempt.status, max(tries, 1), code=attempt.code,
-                          reply=attempt.reply, first_try=first_try, last_try=time.time(),
+                          reply=attempt.reply, first_try=first_try, last_try=clock.time(),
                           copies_refused=attempt.copies_refused)
 
-    async def _paced(self, letter: Letter, stop: asyncio.Event) -> bool:
-        """Wait for the letter's turn: the server's pause, the domain's limit and the run's
-        rate; False if the run stopped first."""
+    async def _daily_slot(self) -> float | None:
+        """Take a letter's place in the account's daily limit (waiting for one with
+        `wait`); its time, or None if the run stops for the limit instead."""
+        daily = self.schedule.daily
+        now = self.clock.time()
+        if daily is None:
+            return now
+        while (slot := daily.next_slot(now)) > now:
+            reason = f"the account's daily limit of {daily.count} letters is used up"
+            if not self.schedule.wait:
+                self._halt(reason, slot)
+                return None
+            if not await self._wait_until(slot, reason):
+                return None
+            now = self.clock.time()
+        daily.take(now)
+        return now
+
+    async def _quota_pause(self, attempt: Attempt) -> bool:
+        """With `wait`, pause every connection after a quota reply: an hour, then twice as
+        long each time, up to a day; False if the run stopped meanwhile."""
+        now = self.clock.time()
+        if now >= self._paused_until:
+            self._quota_pauses += 1
+            self._paused_until = now + min(24 * HOUR, HOUR * 2 ** (self._quota_pauses - 1))
+            self.summary.paused = f"{attempt.code} {attempt.reply}: {attempt.quota}"
+            return await self._wait_until(self._paused_until, attempt.quota)
+        return await self.clock.sleep(self._paused_until - now, self._stop)
+
+    async def _paced(self, letter: Letter) -> bool:
+        """Wait for the letter's turn: a quota's pause, the server's pause, the domain's
+        limit, the run's rate and, last, the letter's send window; False if the run stopped
+        first, or the window is closed and the run does not wait."""
+        clock, stop = self.clock, self._stop
         limiter = self._domains.for_address(letter.email)
-        return (await _pause(self._throttle.wait(), stop)
-                and (limiter is None or await _pause(limiter.reserve(), stop))
-                and await _pause(self._rate.reserve(), stop))
+        if not (await clock.sleep(self._paused_until - clock.time(), stop)
+                and await clock.sleep(self._throttle.wait(), stop)
+                and (limiter is None or await clock.sleep(limiter.reserve(), stop))
+                and await clock.sleep(self._rate.reserve(), stop)):
+            return False
+        opens = self.schedule.opens(letter, clock.time())
+        if opens <= clock.time():
+            return True
+        if self.schedule.wait:
+            return await self._wait_until(opens, "the send window")
+        self.left_for_later(opens)
+        return False
+
+    def left_for_later(self, opens: float) -> None:
+        """A letter's window is closed: it stays due, for a run after `opens`."""
+        summary = self.summary
+        summary.outside_window += 1
+        summary.window_opens = min(opens, summary.window_opens or opens)
 
     def _finish(self, outcome: Outcome, *, pause: bool = True) -> None:
         if self.recorder is not None:
             self.recorder.record(outcome)
         self.summary.counts[outcome.status] += 1
         self.summary.copies_refused += outcome.copies_refused > 0
-        self._outcomes.put_nowait(outcome)
+        self._events.put_nowait(outcome)
         if outcome.status == Status.SENT:
             self._failures_in_a_row = 0
             return
@@ -216,46 +341,16 @@ class Sender:
                 "continue", code=outcome.code, recipient=outcome.letter.email)
 
 
-class _Throttle:
-    """The server's requests to slow down: each makes every connection pause (1 s, then
-    twice as long each time it asks again, up to 5 minutes; a letter that goes through
-    starts the count again) and leaves the run one connection fewer, down to one. Refusals
-    that arrive during a pause answer tries made before it: they count as the same one."""
-
-    FIRST = 1.0
-    LONGEST = 300.0
-
-    def __init__(self, connections: int) -> None:
-        self.connections = connections
-        self._until = 0.0
-        self._strikes = 0
-
-    def hit(self) -> None:
-        if time.monotonic() < self._until:
-            return  # another connection's answer to the same request: it was counted
-        self._strikes += 1
-        pause = min(self.LONGEST, self.FIRST * 2.0 ** (self._strikes - 1))
-        self._until = max(self._until, time.monotonic() + pause)
-        self.connections = max(1, self.connections - 1)
-
-    def eased(self) -> None:
-        self._strikes = 0
-
-    def wait(self) -> float:
-        """Seconds until the connections may send again."""
-        return max(0.0, self._until - time.monotonic())
-
-
 class _Feed:
     """The letters, handed to the workers one at a time: in list order, except that a letter
-    whose domain has used its limit waits aside (up to `most_held` of them) while the others
-    go, so that a slow domain does not hold up every connection."""
+    whose domain has used its limit, or whose send window is closed, waits aside (up to
+    `held_back` of them) while the others go. Without `wait`, a letter outside its window
+    is left for a later run instead."""
 
-    def __init__(self, letters: AsyncIterator[Letter], planner: DomainLimits,
-                 most_held: int) -> None:
+    def __init__(self, letters: AsyncIterator[Letter], sender: Sender) -> None:
         self._letters = letters
-        self._planner = planner
-        self._most_held = most_held
+        self._sender = sender
+        self._planner = DomainLimits(sender.settings.domain_rates, clock=sender.clock.time)
         self._held: list[tuple[float, int, Letter]] = []
         self._order = itertools.count()
         self._ended = False
@@ -265,15 +360,20 @@ class _Feed:
         """Take back a letter that was never tried; it goes first."""
         heapq.heappush(self._held, (0.0, next(self._order), letter))
 
-    async def next(self, stop: asyncio.Event) -> Letter | None:
+    async def next(self) -> Letter | None:
         """The next letter to send; None when there are no more or the run stopped."""
+        sender = self._sender
+        clock, schedule, stop = sender.clock, sender.schedule, sender._stop
         async with self._lock:
             while not stop.is_set():
-                now = time.monotonic()
+                now = clock.time()
                 held = self._held
-                if held and (held[0][0] <= now or self._ended or len(held) >= self._most_held):
-                    return heapq.heappop(held)[2] if await _pause(held[0][0] - now, stop) \
-                        else None
+                if held and (held[0][0] <= now or self._ended
+                             or len(held) >= sender.policy.held_back):
+                    due = held[0][0]
+                    waited = (await sender._wait_until(due, "the send window")
+                              if due - now > 60 else await clock.sleep(due - now, stop))
+                    return heapq.heappop(held)[2] if waited else None
                 if self._ended:
                     return None
                 try:
@@ -281,20 +381,21 @@ class _Feed:
                 except StopAsyncIteration:
                     self._ended = True
                     continue
+                opens = schedule.opens(letter, now)
+                if opens > now and not schedule.wait:
+                    sender.left_for_later(opens)
+                    continue
                 limiter = self._planner.for_address(letter.email)
-                delay = limiter.reserve() if limiter is not None else 0.0
-                if delay <= 0:
+                due = max(opens, now + (limiter.reserve() if limiter is not None else 0.0))
+                if due <= now:
                     return letter
-                heapq.heappush(held, (now + delay, next(self._order), letter))
+                heapq.heappush(held, (due, next(self._order), letter))
             return None
 
 
-async def _pause(seconds: float, stop: asyncio.Event) -> bool:
-    """Wait `seconds` unless `stop` is set first; whether the run may go on."""
-    if seconds > 0 and not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), seconds)
-    return not stop.is_set()
+async def _relay(source: asyncio.Event, target: asyncio.Event) -> None:
+    await source.wait()
+    target.set()
 
 
 async def _aiter(letters: AsyncIterator[Letter] | Iterable[Letter]) -> AsyncIterator[Letter]:
@@ -310,3 +411,4 @@ async def _aiter(letters: AsyncIterator[Letter] | Iterable[Letter]) -> AsyncIter
             yield next(remaining)
         except StopIteration:
             return
+

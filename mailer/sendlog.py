@@ -127,10 +127,15 @@ class SendLog(Protocol):
 
     # -- a run --------------------------------------------------------------------------
 
-    def begin_run(self, campaign: str, settings: Mapping[str, str],
-                  template_sha256: str) -> Run:
+    def begin_run(self, campaign: str, settings: Mapping[str, str], template_sha256: str,
+                  account: str = "") -> Run:
         """Take the lease (LogLocked if a live run holds it), settle what dead runs left
-        ``sending`` and record the run's start."""
+        ``sending`` and record the run's start, from `account`."""
+        ...
+
+    def sent_since(self, account: str, since: float) -> list[float]:
+        """When each letter that left from `account` since `since` (Unix times) went: the
+        letters that count towards its daily limit."""
         ...
 
     def ensure_room(self, letters: int) -> None:

@@ -12,12 +12,22 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo
 
 from dotenv import dotenv_values
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from .addresses import InvalidAddress, normalize_address
+from .addresses import InvalidAddress, normalize_address, parse_address_list
 from .errors import ConfigError
+from .schedule import Window, local_zone, zone
 from .template import CONTROL, LINE_BREAK
 
 PLACEHOLDER_FROM = "organiser@campaign.example"
@@ -69,6 +79,9 @@ ENV_KEYS = {
     "smtp_security": "MAILER_SMTP_SECURITY",
     "smtp_username": "MAILER_SMTP_USERNAME",
     "smtp_password": "MAILER_SMTP_PASSWORD",
+    "smtp_password_command": "MAILER_SMTP_PASSWORD_COMMAND",
+    "smtp_auth": "MAILER_SMTP_AUTH",
+    "smtp_oauth2_token_command": "MAILER_SMTP_OAUTH2_TOKEN_COMMAND",
     "smtp_ca_file": "MAILER_SMTP_CA_FILE",
     "allow_insecure_auth": "MAILER_ALLOW_INSECURE_AUTH",
     "rate": "MAILER_RATE",
@@ -76,8 +89,13 @@ ENV_KEYS = {
     "concurrency": "MAILER_CONCURRENCY",
     "timeout": "MAILER_TIMEOUT",
     "max_attempts": "MAILER_MAX_ATTEMPTS",
+    "daily_limit": "MAILER_DAILY_LIMIT",
+    "window": "MAILER_WINDOW",
+    "window_tz": "MAILER_WINDOW_TZ",
     "log": "MAILER_LOG",
 }
+# Settings that are secrets, or that make one: never shown, stored or echoed back.
+SECRETS = ("smtp_password", "smtp_password_command", "smtp_oauth2_token_command")
 
 
 class Settings(BaseModel):
@@ -86,12 +104,17 @@ class Settings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     from_address: str = PLACEHOLDER_FROM
-    sender_name: str = PLACEHOLDER_NAME
+    sender_name: str | None = None
     smtp_host: str = "localhost"
     smtp_port: int = Field(1025, ge=1, le=65535)
     smtp_security: Literal["starttls", "tls", "none"] | None = None
     smtp_username: str | None = None
     smtp_password: SecretStr | None = None
+    # A command whose first line of output is the password (run once a run).
+    smtp_password_command: SecretStr | None = None
+    smtp_auth: Literal["password", "xoauth2"] = "password"
+    # A command that prints a current OAuth2 access token (run at each login).
+    smtp_oauth2_token_command: SecretStr | None = None
     smtp_ca_file: Path | None = None
     allow_insecure_auth: bool = False
     rate: Rate = Rate(10)
@@ -99,7 +122,27 @@ class Settings(BaseModel):
     concurrency: int = Field(4, ge=1, le=64)
     timeout: float = Field(30.0, gt=0, le=3600)
     max_attempts: int = Field(5, ge=1, le=100)
+    # At most this many letters from this account in any 24 hours (the provider's quota).
+    daily_limit: int | None = Field(None, ge=1)
+    window: Window | None = None
+    window_tz: str | None = None
     log: Path = Path("mailer-log.sqlite3")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _named_from(cls, values: Any) -> Any:
+        """`MAILER_FROM=Olive Organiser <olive@example.org>`: the name is the sender's, unless
+        MAILER_SENDER_NAME gives one."""
+        if isinstance(values, dict) and isinstance(values.get("from_address"), str) \
+                and "<" in values["from_address"]:
+            try:
+                [mailbox] = parse_address_list(values["from_address"])
+            except (InvalidAddress, ValueError):
+                return values  # the address check below says what is wrong
+            values = {**values, "from_address": mailbox.address}
+            if mailbox.name and not values.get("sender_name"):
+                values["sender_name"] = mailbox.name
+        return values
 
     @field_validator("from_address")
     @classmethod
@@ -118,10 +161,22 @@ class Settings(BaseModel):
             raise ValueError("must not contain control characters")
         return value
 
-    @field_validator("smtp_security", mode="before")
+    @field_validator("smtp_security", "smtp_auth", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.strip().lower() or None if isinstance(value, str) else value
+
+    @field_validator("window", mode="before")
+    @classmethod
+    def _window(cls, value: Any) -> Any:
+        return Window.parse(value) if isinstance(value, str) else value
+
+    @field_validator("window_tz")
+    @classmethod
+    def _zone(cls, value: str | None) -> str | None:
+        if value is not None:
+            zone(value)  # ValueError naming it if it is not one
+        return value
 
     @field_validator("rate", mode="before")
     @classmethod
@@ -146,13 +201,33 @@ class Settings(BaseModel):
     @property
     def placeholder_sender(self) -> bool:
         """True when no real sender was configured: fine for a dry run, refused for a send."""
-        return self.from_address == PLACEHOLDER_FROM or self.sender_name == PLACEHOLDER_NAME
+        return self.from_address == PLACEHOLDER_FROM
 
-    def require_sender(self) -> None:
-        """Raise ConfigError unless a real sender address and name are configured."""
+    @property
+    def shown_name(self) -> str:
+        """The sender's name in letters ("" for none; the placeholder's in a dry run)."""
+        return self.sender_name or (PLACEHOLDER_NAME if self.placeholder_sender else "")
+
+    def require_sender(self, *, name: bool = False) -> None:
+        """Raise ConfigError unless a real sender address (and with `name`, a name: the
+        template signs with {{ sender_name }}) is configured."""
         if self.placeholder_sender:
-            raise ConfigError("no sender is configured: set MAILER_FROM (your address) and "
-                              "MAILER_SENDER_NAME in .env before a live send")
+            raise ConfigError("no sender is configured: set MAILER_FROM (your address, or "
+                              "'Your Name <you@example.org>') in .env before a live send")
+        if name and not self.sender_name:
+            raise ConfigError("the template signs with {{ sender_name }}, but no name is set: "
+                              "set MAILER_SENDER_NAME, or write MAILER_FROM as 'Your Name "
+                              "<you@example.org>'")
+
+    @property
+    def account(self) -> str:
+        """The account letters leave from, as the send log counts its daily limit."""
+        return f"{self.from_address} via {self.smtp_host}"
+
+    @property
+    def zone(self) -> ZoneInfo:
+        """The time zone of the send window, for rows that name none."""
+        return zone(self.window_tz) if self.window_tz else local_zone()
 
     @property
     def security(self) -> Literal["starttls", "tls", "none"]:
@@ -164,7 +239,7 @@ class Settings(BaseModel):
     def public(self) -> dict[str, str]:
         """The settings worth recording with a run: everything but secrets."""
         shown = {name: str(getattr(self, name)) for name in type(self).model_fields
-                 if name != "smtp_password"}
+                 if name not in SECRETS}
         shown["smtp_security"] = self.security
         shown["domain_rates"] = ",".join(f"{d}={r}" for d, r in self.domain_rates.items())
         return shown
@@ -228,6 +303,6 @@ def _explain(error: ValidationError) -> str:
         key = ENV_KEYS.get(field, field)
         message = str(item["msg"]).removeprefix("Value error, ")
         # Never echo the input of a secret back to the terminal.
-        shown = "" if field == "smtp_password" else f" (got {item.get('input')!r})"
+        shown = "" if field in SECRETS else f" (got {item.get('input')!r})"
         lines.append(f"setting {key}: {message}{shown}; fix it in .env or the environment")
     return "\n".join(lines)

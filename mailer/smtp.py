@@ -24,9 +24,11 @@ from dataclasses import dataclass
 
 import aiosmtplib
 
+from .account import Login
 from .errors import AuthError, ConfigError, MailerError, ServerUnreachable, TLSError
 from .message import Letter
 from .outcome import Status
+from .replies import known
 from .settings import Settings, is_loopback
 
 # The content goes out a slice at a time, each written once the last has left (no copy of a
@@ -56,6 +58,8 @@ class Attempt:
     extra_connection: bool = False
     # Cc or Bcc addresses the server refused while it took the letter.
     copies_refused: int = 0
+    # The reply is about the account's quota (replies.KNOWN): what it means, else "".
+    quota: str = ""
 
 
 def reply_text(message: str) -> str:
@@ -66,18 +70,6 @@ def reply_text(message: str) -> str:
 
 def _size(count: int) -> str:
     return f"{count / 1e6:.1f} MB" if count >= 1e6 else f"{count / 1e3:.1f} kB"
-
-
-def check_security(settings: Settings) -> None:
-    """Refuse to send a password in clear text to another machine (unless allowed)."""
-    if (settings.smtp_username and settings.security == "none"
-            and not is_loopback(settings.smtp_host) and not settings.allow_insecure_auth):
-        raise ConfigError(
-            f"refusing to send the password for {settings.smtp_username} to "
-            f"{settings.smtp_host} without TLS; set MAILER_SMTP_SECURITY=starttls or tls "
-            "(or MAILER_ALLOW_INSECURE_AUTH=true if you really mean it)")
-    if bool(settings.smtp_username) != bool(settings.smtp_password):
-        raise ConfigError("set both MAILER_SMTP_USERNAME and MAILER_SMTP_PASSWORD, or neither")
 
 
 def tls_context(settings: Settings) -> ssl.SSLContext:
@@ -92,9 +84,11 @@ def tls_context(settings: Settings) -> ssl.SSLContext:
 class Connection:
     """A long-lived, self-reconnecting SMTP session to the configured server."""
 
-    def __init__(self, settings: Settings, context: ssl.SSLContext) -> None:
+    def __init__(self, settings: Settings, context: ssl.SSLContext,
+                 login: Login | None = None) -> None:
         self.settings = settings
         self._context = context
+        self._login = login
         self._smtp: aiosmtplib.SMTP | None = None
 
     @property
@@ -104,7 +98,6 @@ class Connection:
     async def open(self) -> None:
         """Connect, secure and log in; raise a fatal SendError if that cannot work."""
         settings = self.settings
-        password = settings.smtp_password.get_secret_value() if settings.smtp_password else None
         smtp = aiosmtplib.SMTP(
             hostname=settings.smtp_host, port=settings.smtp_port, timeout=settings.timeout,
             use_tls=settings.security == "tls", start_tls=settings.security == "starttls",
@@ -114,11 +107,8 @@ class Connection:
             await smtp.connect()
             if smtp.is_ehlo_or_helo_needed:
                 await smtp.ehlo()
-            if settings.smtp_username and password is not None:
-                if settings.security == "none" and smtp.supports_extension("starttls") \
-                        and not smtp.supports_extension("auth"):
-                    raise self._needs_starttls("logs in only after STARTTLS")
-                await smtp.login(settings.smtp_username, password)
+            if self._login is not None:
+                await self._log_in(smtp, self._login)
         except BaseException as error:
             smtp.close()
             if isinstance(error, Exception):
@@ -126,16 +116,33 @@ class Connection:
             raise
         self._smtp = smtp
 
+    async def _log_in(self, smtp: aiosmtplib.SMTP, login: Login) -> None:
+        if self.settings.security == "none" and smtp.supports_extension("starttls") \
+                and not smtp.supports_extension("auth"):
+            raise self._needs_starttls("logs in only after STARTTLS")
+        if login.mechanism == "password":
+            await smtp.login(login.username, login.secret())
+            return
+        if "xoauth2" not in smtp.server_auth_methods:
+            raise AuthError(f"{self.server} does not offer XOAUTH2 logins (it offers "
+                            f"{', '.join(smtp.server_auth_methods) or 'none'}); check "
+                            "MAILER_SMTP_HOST, or set MAILER_SMTP_AUTH=password")
+        # A fresh token for each login: the command may take a moment (a refresh).
+        await smtp.auth_xoauth2(login.username, await asyncio.to_thread(login.secret))
+
     def _explain(self, error: Exception) -> Exception:
         """The fatal error a failed connection means, with what to do about it."""
         cause = error.__cause__ if isinstance(error.__cause__, ssl.SSLError) else error
-        if isinstance(error, TLSError | ServerUnreachable):
+        if isinstance(error, MailerError):
             return error
         if isinstance(error, aiosmtplib.SMTPAuthenticationError):
+            text = reply_text(error.message)
+            entry = known(error.code, text)
+            advice = entry.advice if entry is not None else (
+                "check MAILER_SMTP_USERNAME and the password (or the OAuth2 token)")
             return AuthError(f"{self.server} rejected the login for "
-                             f"{self.settings.smtp_username}: {error.code} "
-                             f"{reply_text(error.message)}; check MAILER_SMTP_USERNAME and "
-                             "MAILER_SMTP_PASSWORD", code=error.code)
+                             f"{self.settings.smtp_username}: {error.code} {text}; {advice}",
+                             code=error.code)
         if isinstance(cause, ssl.SSLError):
             return self._tls_failed(cause)
         if isinstance(error, aiosmtplib.SMTPConnectResponseError):
@@ -288,8 +295,11 @@ class Connection:
                 await self._smtp.rset()
             except (aiosmtplib.SMTPException, OSError):
                 self.close()
-        if code == 530 and "STARTTLS" in text.upper() and self.settings.security == "none":
+        entry = known(code, text)
+        if entry is not None and entry.meaning == "tls" and self.settings.security == "none":
             raise self._needs_starttls(f"refused to take mail without TLS ({code} {text})")
+        if entry is not None and entry.meaning == "quota":
+            return Attempt(Status.DEFERRED, code, text, quota=entry.advice)
         if not 400 <= code < 500:
             return Attempt(Status.FAILED, code, text)
         enhanced = _ENHANCED.match(text)

@@ -28,7 +28,7 @@ from .errors import LeaseLost, LogError, LogLocked
 from .outcome import Outcome, Status
 from .sendlog import CampaignSummary, Entry, Holder, Listed, Run, stamp
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 # A lease not renewed for this long belongs to a run that is not sending any more.
 STALE = 60.0
 # Room a run needs on the log's disk: the write-ahead log's most, and each letter's outcome.
@@ -51,9 +51,13 @@ _SCHEMA = (
         id INTEGER PRIMARY KEY, campaign TEXT NOT NULL, started TEXT NOT NULL,
         ended TEXT,                     -- NULL while it holds the lease (or died holding it)
         settings TEXT NOT NULL, template_sha256 TEXT, outcome TEXT, counts TEXT,
-        host TEXT, pid INTEGER, heartbeat TEXT
+        host TEXT, pid INTEGER, heartbeat TEXT,
+        account TEXT                    -- MAILER_FROM via the server: whose quota it used
     )""",
 )
+# Schema 6: a run names its account, for the daily limit.
+_ACCOUNTS = ("""UPDATE runs SET account = json_extract(settings, '$.from_address') || ' via ' ||
+    json_extract(settings, '$.smtp_host') WHERE account IS NULL""")
 # An earlier schema's rows, copied into schema 5's tables (in list order).
 _COPY = (
     """INSERT INTO letters SELECT campaign, email, address, line, status, attempts,
@@ -172,18 +176,21 @@ class SQLiteLog:
             return
         self._db.execute("PRAGMA journal_mode = WAL")
         with self.atomic():
-            if version:
+            if version == 5:
+                self._db.execute("ALTER TABLE runs ADD COLUMN account TEXT")
+            elif version:
                 self._upgrade(version)
             else:
                 for statement in _SCHEMA:
                     self._db.execute(statement)
+            self._db.execute(_ACCOUNTS)
             self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         for leftover in (".inflight", ".lock"):  # schema 4's files beside the log
             with contextlib.suppress(OSError):
                 self.path.with_name(self.path.name + leftover).unlink(missing_ok=True)
 
     def _upgrade(self, version: int) -> None:
-        """Bring a log of an earlier release (schema 1 to 4) to schema 5. What its runs left
+        """Bring a log of an earlier release (schema 1 to 4) to schema 6. What its runs left
         in flight becomes `unknown`, unless schema 4's in-flight journal, written since
         this machine booted, proves a reserved letter never reached DATA; runs that never
         recorded their end are ended; the rows keep their states, in list order."""
@@ -215,8 +222,8 @@ class SQLiteLog:
     # -- a run ------------------------------------------------------------------------------
 
     @_reported
-    def begin_run(self, campaign: str, settings: Mapping[str, str],
-                  template_sha256: str) -> Run:
+    def begin_run(self, campaign: str, settings: Mapping[str, str], template_sha256: str,
+                  account: str = "") -> Run:
         now = time.time()
         replaced: Holder | None = None
         because = ""
@@ -238,9 +245,9 @@ class SQLiteLog:
                                        "attempts = attempts + 1 WHERE status = 'sending'")
             cursor = self._db.execute(
                 "INSERT INTO runs (campaign, started, settings, template_sha256, host, pid, "
-                "heartbeat) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?2)",
+                "heartbeat, account) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?2, ?7)",
                 (campaign, stamp(now), json.dumps(dict(settings)), template_sha256,
-                 socket.gethostname(), os.getpid()))
+                 socket.gethostname(), os.getpid(), account))
         assert cursor.lastrowid is not None
         return Run(cursor.lastrowid, campaign, replaced, because, settled.rowcount)
 
@@ -296,6 +303,14 @@ class SQLiteLog:
                          f"{taker}, which found this run silent for over a minute (was the "
                          "computer asleep?); this run stopped sending. Its letters in flight "
                          "are recorded as unknown")
+
+    @_reported
+    def sent_since(self, account: str, since: float) -> list[float]:
+        rows = self._db.execute(
+            "SELECT l.last_attempt FROM letters AS l JOIN runs AS r ON r.id = l.run_id "
+            "WHERE r.account = ? AND l.status IN ('sent', 'unknown', 'sending') "
+            "AND l.last_attempt >= ?", (account, stamp(since)))
+        return [datetime.fromisoformat(when).timestamp() for (when,) in rows]
 
     @_reported
     def end_run(self, run: Run, outcome: str, counts: Mapping[str, int]) -> None:

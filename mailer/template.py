@@ -186,9 +186,11 @@ class LetterTemplate:
     what it accepted but a reader should know (no Subject, say)."""
 
     def __init__(self, path: Path, text: str, html: str | None = None,
-                 html_path: Path | None = None) -> None:
+                 html_path: Path | None = None, language: str = "") -> None:
         self.path = path
         self.html_path = html_path
+        # A language version's code (letter.fr.txt: "fr"), "" for the template itself.
+        self.language = language
         problems: list[Problem] = []
         self.warnings: list[Problem] = []
         self.optional: set[str] = set()
@@ -211,13 +213,13 @@ class LetterTemplate:
             raise InputError(problems)
 
     @classmethod
-    def load(cls, path: Path) -> LetterTemplate:
+    def load(cls, path: Path, language: str = "") -> LetterTemplate:
         """Read the template at `path` (and its `.html` sibling, if there is one)."""
         text = _read(path)
         html_path = path.with_suffix(".html")
         if html_path == path or not html_path.is_file():
-            return cls(path, text)
-        return cls(path, text, _read(html_path), html_path)
+            return cls(path, text, language=language)
+        return cls(path, text, _read(html_path), html_path, language)
 
     def _compile(self, problems: list[Problem]) -> None:
         plain = _environment(finalize=_header_value)

@@ -8,6 +8,8 @@ letter's SMTP life where the crash tests kill the sender.
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -15,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiosmtpd.smtp import SMTP as SMTPServer
-from aiosmtpd.smtp import Envelope, Session
+from aiosmtpd.smtp import AuthResult, Envelope, Session
 
 from mailer.sink import Received, SinkController, received
 
@@ -156,8 +158,8 @@ class ScriptedServer:
     `503 5.5.1 Error: nested MAIL command`); and a 421 greeting past `max_connections`.
 
     `script[COMMAND]` (MAIL, RCPT, DATA, or DOT for the end of data) holds raw replies given
-    instead of the usual one, in turn. A letter whose end-of-data reply is scripted counts
-    as received unless that reply is a 4xx or 5xx.
+    instead of the usual one, in turn (b"" for the usual one). A letter whose end-of-data
+    reply is scripted counts as received unless that reply is a 4xx or 5xx.
     """
 
     def __init__(self, max_connections: int = 100) -> None:
@@ -193,7 +195,7 @@ class ScriptedServer:
 
     def _scripted(self, command: str) -> bytes | None:
         replies = self.script.get(command)
-        return replies.pop(0) if replies else None
+        return (replies.pop(0) or None) if replies else None
 
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._open += 1
@@ -247,3 +249,28 @@ class ScriptedServer:
             else:
                 writer.write(b"502 5.5.2 Error: command not recognized\r\n")
             await writer.drain()
+
+
+class OAuthHandler(RecordingHandler):
+    """A recording handler that logs in by XOAUTH2 (`user=...^Aauth=Bearer TOKEN^A^A`): each
+    token in `tokens` is good for one login (then it has expired); a bad one gets the error
+    challenge (334 and a base64 JSON status), then `535 5.7.8` once the client answers."""
+
+    def __init__(self, user: str, tokens: set[str]) -> None:
+        super().__init__()
+        self.user = user
+        self.tokens = tokens
+        self.logins: list[str] = []
+
+    async def auth_XOAUTH2(self, server: SMTPServer, args: list[str]) -> AuthResult:
+        fields = dict(part.split("=", 1) for part in
+                      base64.b64decode(args[1]).decode().split("\x01") if part)
+        token = fields.get("auth", "").removeprefix("Bearer ")
+        self.logins.append(token)
+        if fields.get("user") == self.user and token in self.tokens:
+            self.tokens.discard(token)
+            return AuthResult(success=True, handled=False)
+        status = json.dumps({"status": "401", "schemes": "bearer", "scope": "mail"})
+        await server.challenge_auth(status)
+        return AuthResult(success=False, handled=False,
+                          message="535 5.7.8 Username and Password not accepted")

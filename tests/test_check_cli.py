@@ -175,13 +175,6 @@ def test_check_of_a_template_that_fails_to_render_is_a_problem_not_a_crash(
         "2 recipients, 2 problems"]
 
 
-def test_check_of_the_sample_campaign_is_clean(run: Run, files: CampaignFiles) -> None:
-    repo = Path(__file__).resolve().parent.parent
-    result = run("check", "--recipients", str(repo / "recipients.csv"),
-                 "--template", str(repo / "templates" / "letter.txt"))
-    assert (result.code, result.out, result.err) == (0, "14 recipients, 0 problems\n", "")
-
-
 # --- send --dry-run ----------------------------------------------------------------------------
 
 

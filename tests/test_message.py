@@ -13,7 +13,7 @@ from email.parser import BytesParser
 from pathlib import Path
 
 import pytest
-from conftest import REPO, CampaignFiles
+from conftest import STARTER, CampaignFiles
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
@@ -257,8 +257,8 @@ def test_a_row_cannot_change_the_settings_variables(files: CampaignFiles,
                                               "sender_email": "mallory@example.com"})
     message = parse(LetterBuilder(template, settings, "c").build(forged))
     assert [(a.display_name, a.addr_spec) for a in message["From"].addresses] == [
-        (settings.sender_name, settings.from_address)]
-    assert body_text(message) == settings.sender_name + "\n"
+        (settings.shown_name, settings.from_address)]
+    assert body_text(message) == settings.shown_name + "\n"
 
 
 def test_name_with_an_address_and_comma_in_a_bare_to_is_rejected(
@@ -309,7 +309,7 @@ def test_cc_and_bcc_from_the_template_and_a_column_join_the_envelope(
 def _stdlib_letter(row: dict[str, str], settings: Settings, ours: EmailMessage) -> EmailMessage:
     """The same letter built by the stdlib with policy SMTP, parsed back."""
     reference = EmailMessage(policy=policy.SMTP)
-    reference["From"] = Address(settings.sender_name, addr_spec=settings.from_address)
+    reference["From"] = Address(settings.shown_name, addr_spec=settings.from_address)
     reference["To"] = Address(f"{row['title']} {row['name']}", addr_spec=row["email"])
     reference["Subject"] = row["subject"].strip()
     reference["Date"] = ours["Date"]
@@ -632,9 +632,9 @@ def test_message_id_differs_across_campaigns_and_recipients(files: CampaignFiles
 
 def test_every_letter_of_the_sample_campaign_parses_back_and_matches_its_row(
         settings: Settings) -> None:
-    campaign = Campaign(settings, REPO / "recipients.csv", REPO / "templates" / "letter.txt")
+    campaign = Campaign(settings, STARTER / "recipients.csv", STARTER / "templates" / "letter.txt")
     letters = list(campaign.letters())
-    with (REPO / "recipients.csv").open(encoding="utf-8-sig", newline="") as handle:
+    with (STARTER / "recipients.csv").open(encoding="utf-8-sig", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert len(letters) == len(rows) > 0
     for letter, row in zip(letters, rows, strict=True):
@@ -650,7 +650,7 @@ def test_every_letter_of_the_sample_campaign_parses_back_and_matches_its_row(
 
 @pytest.mark.parametrize("name", ["Jürgen Müller", "Liam O'Connor", "Étienne Marchand"])
 def test_sample_campaign_names_survive_encoding(settings: Settings, name: str) -> None:
-    campaign = Campaign(settings, REPO / "recipients.csv", REPO / "templates" / "letter.txt")
+    campaign = Campaign(settings, STARTER / "recipients.csv", STARTER / "templates" / "letter.txt")
     letters = [parse(letter) for letter in campaign.letters()]
     names = [m["To"].addresses[0].display_name for m in letters]
     assert any(shown.endswith(" " + name) for shown in names)

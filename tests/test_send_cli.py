@@ -43,8 +43,8 @@ def test_a_live_send_needs_a_real_sender(server_env: Server, run: Run,
     monkeypatch.delenv("MAILER_FROM")
     result = run("send", "--yes")
     assert result.code == 2
-    assert result.err == ("error: no sender is configured: set MAILER_FROM (your address) and "
-                          "MAILER_SENDER_NAME in .env before a live send\n")
+    assert result.err == ("error: no sender is configured: set MAILER_FROM (your address, or "
+                          "'Your Name <you@example.org>') in .env before a live send\n")
     assert server_env.handler.messages == []
 
 

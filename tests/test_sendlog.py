@@ -59,21 +59,21 @@ def _die(log: SQLiteLog, run: Run) -> None:
     db.close()
 
 
-def test_a_new_log_is_sqlite_in_wal_mode_with_schema_version_5(tmp_path: Path) -> None:
+def test_a_new_log_is_sqlite_in_wal_mode_with_schema_version_6(tmp_path: Path) -> None:
     path = tmp_path / "log.sqlite3"
     log = SQLiteLog.open(path)
     # Every commit reaches the disk (fsync) before it returns.
     assert log._db.execute("PRAGMA synchronous").fetchone() == (2,)
     log.close()
     assert _query(path, "PRAGMA journal_mode") == [("wal",)]
-    assert _query(path, "PRAGMA user_version") == [(5,)]
+    assert _query(path, "PRAGMA user_version") == [(6,)]
     columns = [row[1] for row in _query(path, "PRAGMA table_info(letters)")]
     assert columns == ["campaign", "email", "address", "line", "status", "attempts",
                        "first_attempt", "last_attempt", "message_id", "reply_code",
                        "reply_text", "message_sha256", "template_sha256", "run_id"]
     columns = [row[1] for row in _query(path, "PRAGMA table_info(runs)")]
     assert columns == ["id", "campaign", "started", "ended", "settings", "template_sha256",
-                       "outcome", "counts", "host", "pid", "heartbeat"]
+                       "outcome", "counts", "host", "pid", "heartbeat", "account"]
     assert _query(path, "SELECT name FROM sqlite_master WHERE name = 'reservations'") == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["log.sqlite3"]  # no lock file
 
@@ -323,7 +323,7 @@ def test_a_log_of_schema_1_is_migrated_and_its_stale_letters_become_unknown(
     log = SQLiteLog.open(path)
     assert status_of(log, "c", "ada@example.org") == Status.UNKNOWN
     log.close()
-    assert _query(path, "PRAGMA user_version") == [(5,)]
+    assert _query(path, "PRAGMA user_version") == [(6,)]
 
 
 def test_a_log_of_schema_3_keeps_its_rows_in_list_order(tmp_path: Path) -> None:
@@ -342,7 +342,20 @@ def test_a_log_of_schema_3_keeps_its_rows_in_list_order(tmp_path: Path) -> None:
     # In list order; the reserved letter had its outcome (run 1's), so it stays as it is.
     assert _query(path, "SELECT * FROM letters ORDER BY rowid") == rows
     assert _query(path, "SELECT outcome FROM runs") == [("died",)]
-    assert _query(path, "PRAGMA user_version") == [(5,)]
+    assert _query(path, "PRAGMA user_version") == [(6,)]
+
+
+def test_a_log_of_schema_5_learns_the_account_of_each_run(tmp_path: Path) -> None:
+    path = tmp_path / "log.sqlite3"
+    log = SQLiteLog.open(path)
+    log.begin_run("c", {"from_address": "olive@example.org", "smtp_host": "smtp.example.org"},
+                  "hash")
+    log.close()
+    db = sqlite3.connect(path)
+    db.executescript("ALTER TABLE runs DROP COLUMN account; PRAGMA user_version = 5")
+    db.close()
+    SQLiteLog.open(path).close()
+    assert _query(path, "SELECT account FROM runs") == [("olive@example.org via smtp.example.org",)]
 
 
 def _killed_release_log(tmp_path: Path, *, trust_journal: bool) -> Path:
@@ -398,13 +411,13 @@ def test_a_log_written_by_a_newer_mailer_is_refused_untouched(tmp_path: Path) ->
     path = tmp_path / "log.sqlite3"
     db = sqlite3.connect(path)
     db.execute("CREATE TABLE future (x)")
-    db.execute("PRAGMA user_version = 6")
+    db.execute("PRAGMA user_version = 7")
     db.commit()
     db.close()
     before = path.read_bytes()
     with pytest.raises(LogError) as caught:
         SQLiteLog.open(path)
-    assert str(caught.value) == (f"{path} was written by a newer mailer (schema 6); upgrade "
+    assert str(caught.value) == (f"{path} was written by a newer mailer (schema 7); upgrade "
                                  "mailer to read it")
     assert path.read_bytes() == before
 
