@@ -351,14 +351,15 @@ class _Feed:
         self._letters = letters
         self._sender = sender
         self._planner = DomainLimits(sender.settings.domain_rates, clock=sender.clock.time)
-        self._held: list[tuple[float, int, Letter]] = []
+        # Letters waiting aside: when each may go, in list order, and why it waits.
+        self._held: list[tuple[float, int, Letter, str]] = []
         self._order = itertools.count()
         self._ended = False
         self._lock = asyncio.Lock()
 
     def give_back(self, letter: Letter) -> None:
         """Take back a letter that was never tried; it goes first."""
-        heapq.heappush(self._held, (0.0, next(self._order), letter))
+        heapq.heappush(self._held, (0.0, next(self._order), letter, ""))
 
     async def next(self) -> Letter | None:
         """The next letter to send; None when there are no more or the run stopped."""
@@ -370,9 +371,10 @@ class _Feed:
                 held = self._held
                 if held and (held[0][0] <= now or self._ended
                              or len(held) >= sender.policy.held_back):
-                    due = held[0][0]
-                    waited = (await sender._wait_until(due, "the send window")
-                              if due - now > 60 else await clock.sleep(due - now, stop))
+                    due, _, _, reason = held[0]
+                    # A wait long enough to notice is said, with its reason.
+                    waited = (await sender._wait_until(due, reason) if due - now > 5
+                              else await clock.sleep(due - now, stop))
                     return heapq.heappop(held)[2] if waited else None
                 if self._ended:
                     return None
@@ -386,10 +388,12 @@ class _Feed:
                     sender.left_for_later(opens)
                     continue
                 limiter = self._planner.for_address(letter.email)
-                due = max(opens, now + (limiter.reserve() if limiter is not None else 0.0))
-                if due <= now:
+                paced = now + (limiter.reserve() if limiter is not None else 0.0)
+                if max(opens, paced) <= now:
                     return letter
-                heapq.heappush(held, (due, next(self._order), letter))
+                reason = "the send window" if opens > paced else \
+                    f"the limit for {letter.email.rpartition('@')[2]}"
+                heapq.heappush(held, (max(opens, paced), next(self._order), letter, reason))
             return None
 
 
