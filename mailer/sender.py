@@ -214,7 +214,7 @@ class Sender:
         slot = await self._daily_slot()
         if slot is None:
             return None
-        reached_data = False
+        reached_data = False  # the letter went: it used its place in the daily limit
         while await self._paced(letter):
             tries += 1
             now = clock.time()
@@ -229,13 +229,17 @@ class Sender:
 
             try:
                 attempt = await connection.send(letter, mark)
-            except asyncio.CancelledError:
-                if marked:  # a hard stop in the middle of DATA
+            except asyncio.CancelledError:  # a hard stop
+                if connection.reached_data:
                     self._finish(Outcome.of(letter, Status.UNKNOWN, tries, reply="the run was "
                                             "stopped while this letter was in flight",
                                             first_try=first_try, last_try=now), pause=False)
+                elif marked:  # its mark is on disk, but the letter did not go
+                    self._finish(Outcome.of(letter, Status.DEFERRED, tries, reply="the run was "
+                                            "stopped before this letter went",
+                                            first_try=first_try, last_try=now), pause=False)
                 raise
-            reached_data = reached_data or marked
+            reached_data = reached_data or attempt.status in (Status.SENT, Status.UNKNOWN)
             delay = self.policy.delay(tries)
             if attempt.quota:
                 tries -= 1  # the account's, not this letter's: it costs time, not tries

@@ -1,8 +1,8 @@
 """Test doubles: an aiosmtpd server that records what it gets and misbehaves on demand.
 
 `RecordingHandler` keeps every message it accepts and can be told (`Faults`) to refuse, slow
-down or drop. Its hooks (`on_rcpt`, `on_data_command`, `on_message`) run at the points of a
-letter's SMTP life where the crash tests kill the sender.
+down or drop. Its hooks (`on_mail`, `on_rcpt`, `on_data_command`, `on_message`) run at the
+points of a letter's SMTP life where the crash tests kill the sender.
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ class RecordingHandler:
         self.faults = faults or Faults()
         self.messages: list[Received] = []
         self.commands: Counter[str] = Counter()
+        self.on_mail: Callable[[str], None] | None = None
         self.on_rcpt: Callable[[str], None] | None = None
         self.on_data_command: Hook | None = None
         self.on_message: Callable[[Received], None] | None = None
@@ -75,6 +76,8 @@ class RecordingHandler:
     async def handle_MAIL(self, server: SMTPServer, session: Session, envelope: Envelope,
                           address: str, mail_options: list[str]) -> str:
         self.commands["MAIL"] += 1
+        if self.on_mail is not None:
+            self.on_mail(address)
         if self._fire("drop_at_mail"):
             return _drop(server)
         if self._fire("slow_mail_times"):
