@@ -37,9 +37,9 @@ def _versions(template: Path) -> list[tuple[str, Path]]:
 MAX_PROBLEMS = 10_000
 
 
-def plural(count: int, noun: str) -> str:
-    """`1 problem`, `2 problems`."""
-    return f"{count} {noun}{'s' * (count != 1)}"
+def plural(count: int, noun: str, nouns: str | None = None) -> str:
+    """`1 problem`, `2 problems` (`1 reply`, `2 replies` with `nouns`)."""
+    return f"{count} {noun if count == 1 else nouns or noun + 's'}"
 
 
 @dataclass(slots=True)

@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import click
 
@@ -29,9 +29,10 @@ from .display import (
     shown,
     write_csv,
 )
-from .errors import ConfigError, MailerError, Problem
+from .errors import ConfigError, InputError, MailerError, Problem
 from .outbox import write_outbox
 from .outcome import Outcome, Status
+from .post import print_campaign
 from .recipients import Where
 from .sender import Sender, SendSummary, Waiting
 from .sendlog import open_log
@@ -448,23 +449,77 @@ def log(log_path: Path | None, env_file: Path | None, campaign_name: str | None,
         elif output == "csv":
             write_csv(entries, sys.stdout)
         else:
+            answers = paper = False
             for name in campaigns:
                 summary = send_log.summary(name)
+                answers = answers or bool(summary.replied or summary.auto_replied)
+                paper = paper or bool(summary.on_paper)
                 counts = ", ".join(f"{summary.counts.get(s, 0)} {s}" for s in Status
-                                   if s != Status.SENDING or summary.counts.get(s))
+                                   if s not in (Status.SENDING, Status.BOUNCED)
+                                   or summary.counts.get(s))
                 rate = summary.rate_per_minute
                 click.echo(shown(f"Campaign {name!r}: {counts}"))
                 if summary.first_sent:
                     click.echo(f"  first sent {summary.first_sent}, last {summary.last_sent}"
                                + (f", {rate:.1f} letters/min" if rate else ""))
+                if summary.replied or summary.auto_replied:
+                    share = summary.reply_rate or 0.0
+                    click.echo(f"  {plural(summary.replied, 'reply', 'replies')} from a person "
+                               f"({share:.0%} of the letters that went), "
+                               f"{summary.auto_replied} automatic")
+                if summary.on_paper:
+                    click.echo(f"  {plural(summary.on_paper, 'letter')} printed for the post")
             title = "Recipients that need attention" if wanted == list(_ATTENTION) else None
-            count = print_table(entries, title, several=len(campaigns) > 1)
+            count = print_table(entries, title, several=len(campaigns) > 1, answers=answers,
+                                paper=paper)
             if not count:
                 click.echo(f"No recipients are {' or '.join(wanted)}.")
             elif count > TABLE_ROWS:
                 click.echo(f"... and {count - TABLE_ROWS:,} more (--format csv lists them all)")
     finally:
         send_log.close()
+
+
+@cli.command("print")
+@_common
+@click.option("-o", "--output", type=_PATH, default=Path("letters.pdf"), show_default=True,
+              help="The PDF to write.")
+@click.option("--paper", type=click.Choice(["a4", "letter"]), default="a4", show_default=True,
+              help="A4 for a DL or C6/5 window envelope (DIN 5008), or US Letter for a #10.")
+@click.option("--require-address", is_flag=True,
+              help="A row without an address is an error, not left out.")
+@click.option("--campaign", "campaign_name", metavar="NAME", callback=_text,
+              help="Campaign name in the send log [default: the template's file stem].")
+@click.option("--log", "log_path", type=_PATH, help="Send log file [MAILER_LOG].")
+def print_letters(recipients: Path, template: Path, env_file: Path | None,
+                  allow_duplicates: bool, where: tuple[str, ...], output: Path,
+                  paper: Literal["a4", "letter"], require_address: bool,
+                  campaign_name: str | None, log_path: Path | None) -> None:
+    """Print the letters as one PDF for the post, each on pages of its own.
+
+    Each row's postal address (its address column) sits in an envelope's window. The send
+    log records each paper copy; it changes nothing a send does.
+    Exit status: 0 printed, 1 problems found (nothing printed), 2 usage or configuration
+    error.
+    """
+    settings = load_settings(env_file, log=log_path)
+    if not settings.sender_name or not settings.postal_address:
+        raise ConfigError("printed letters carry your name and postal address: set "
+                          "MAILER_SENDER_NAME (or MAILER_FROM as 'Your Name <you@example.org>')"
+                          " and MAILER_SENDER_ADDRESS (its lines separated by |)")
+    campaign = Campaign(settings, recipients, template, name=campaign_name,
+                        allow_duplicates=allow_duplicates, where=_where(where))
+    with open_log(settings.log) as log:
+        printed = print_campaign(campaign, output, log, paper=paper,
+                                 require_address=require_address)
+    for line, email in printed.without_address:
+        click.echo(shown(f"{recipients}:{line}: warning: {email} has no address; left out of "
+                         "the print"), err=True)
+    if not printed.letters:
+        raise InputError([Problem(str(recipients), None, "no row has an address to print; "
+                                  "add an address column (its lines separated by |)")])
+    click.echo(f"Printed {plural(printed.letters, 'letter')} ({plural(printed.pages, 'page')}) "
+               f"into {output}; each paper copy is recorded in {settings.log}.")
 
 
 @cli.command()

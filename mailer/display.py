@@ -142,17 +142,24 @@ def json_items(entries: Iterable[Entry]) -> Iterator[str]:
     yield "\n]\n"
 
 
-def print_table(entries: Iterable[Entry], title: str | None, *, several: bool) -> int:
-    """The first TABLE_ROWS entries as a table; how many there were in all."""
-    columns = ["line", "address", "status", "tries", "last attempt", "server reply"]
+def print_table(entries: Iterable[Entry], title: str | None, *, several: bool,
+                answers: bool = False, paper: bool = False) -> int:
+    """The first TABLE_ROWS entries as a table, with columns for the answers and the paper
+    copies if there are any; how many entries there were in all."""
+    columns = ["line", "address", "status", "tries", "last attempt", "server reply",
+               *(["answer"] if answers else []), *(["paper"] if paper else [])]
     table = Table(*(["campaign"] if several else []), *columns, title=title)
     count = 0
     for count, e in enumerate(entries, start=1):
         if count > TABLE_ROWS:
             continue
-        reply = f"{e.reply_code or ''} {e.reply_text or ''}".strip()
+        server = (f"{e.bounce_status or ''} {e.bounce_text or ''}" if e.bounced_at
+                  else f"{e.reply_code or ''} {e.reply_text or ''}").strip()
+        answer = f"{e.reply} {(e.reply_at or '')[:10]}".strip() if e.reply else ""
+        copy = f"{(e.paper_at or '')[:10]}, {e.paper_pages} p." if e.paper_at else ""
         cells = [*([e.campaign] if several else []), str(e.line or ""), e.address,
-                 str(e.status), str(e.attempts), e.last_attempt or "", reply]
+                 str(e.status), str(e.attempts), e.last_attempt or "", server,
+                 *([answer] if answers else []), *([copy] if paper else [])]
         table.add_row(*(Text(shown(cell, one_line=True)) for cell in cells))
     if count:
         Console(width=200 if not sys.stdout.isatty() else None).print(table)

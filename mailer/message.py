@@ -104,10 +104,13 @@ class LetterBuilder:
 
         `redirect_to` sends the letter, unchanged, to that address instead (a test send).
         """
+        return self.encode(recipient, self.render(recipient), redirect_to=redirect_to)
+
+    def render(self, recipient: Recipient) -> Rendered:
+        """The template rendered for one row (RenderError if it cannot be)."""
         # The settings win: a column named like one must not change the sender (the list
         # refuses such columns; this holds for rows made by other code too).
-        rendered = self.template.render({**recipient.fields, **self._extra})
-        return self.encode(recipient, rendered, redirect_to=redirect_to)
+        return self.template.render({**recipient.fields, **self._extra})
 
     def encode(self, recipient: Recipient, rendered: Rendered, *,
                redirect_to: str | None = None) -> Letter:

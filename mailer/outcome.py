@@ -15,7 +15,8 @@ class Status(StrEnum):
     """A recipient's state in a campaign.
 
     pending -> sending -> sent | deferred (transient, retried next run) | failed (permanent)
-    | unknown (the letter may have reached the server, but no answer was recorded).
+    | unknown (the letter may have reached the server, but no answer was recorded); a sent
+    letter is bounced when a delivery failure notice for it comes back to the mailbox.
     """
 
     PENDING = "pending"
@@ -24,6 +25,7 @@ class Status(StrEnum):
     DEFERRED = "deferred"
     FAILED = "failed"
     UNKNOWN = "unknown"
+    BOUNCED = "bounced"
 
 
 @dataclass(frozen=True, slots=True)

@@ -86,6 +86,16 @@ class Entry:
     message_id: str | None
     reply_code: int | None
     reply_text: str | None
+    # After the server took it: a bounce's status and words, a reply, a paper copy.
+    bounce_status: str | None = None
+    bounce_text: str | None = None
+    bounced_at: str | None = None
+    reply: str | None = None  # "replied" or "auto-replied"
+    reply_at: str | None = None
+    reply_from: str | None = None
+    reply_subject: str | None = None
+    paper_at: str | None = None
+    paper_pages: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +106,17 @@ class CampaignSummary:
     counts: dict[Status, int]
     first_sent: str | None
     last_sent: str | None
+    # Letters with a paper copy, with a person's reply, with an automatic one.
+    on_paper: int = 0
+    replied: int = 0
+    auto_replied: int = 0
+
+    @property
+    def reply_rate(self) -> float | None:
+        """The share of the letters that went which a person answered."""
+        went = sum(self.counts.get(s, 0) for s in (Status.SENT, Status.UNKNOWN,
+                                                    Status.BOUNCED))
+        return self.replied / went if went else None
 
     @property
     def rate_per_minute(self) -> float | None:
@@ -158,6 +179,44 @@ class SendLog(Protocol):
 
     def end_run(self, run: Run, outcome: str, counts: Mapping[str, int]) -> None:
         """Record how a run ended and give up its lease."""
+        ...
+
+    # -- after a letter went ----------------------------------------------------------------
+
+    def record_paper(self, campaign: str, copies: Iterable[tuple[Listed, int]],
+                     when: float) -> None:
+        """Each letter (registered if need be) had a paper copy of so many pages made."""
+        ...
+
+    def find(self, message_ids: Iterable[str]) -> dict[str, tuple[str, str]]:
+        """Our letters by Message-ID: (campaign, casefolded address) for those we sent."""
+        ...
+
+    def sent_to(self, email: str, before: float) -> list[str]:
+        """The campaigns that sent `email` a letter before `before`, the latest first."""
+        ...
+
+    def record_bounce(self, campaign: str, email: str, status: str, text: str,
+                      when: float) -> bool:
+        """A letter that went came back: it is bounced (False if there is no such letter
+        that went)."""
+        ...
+
+    def record_reply(self, campaign: str, email: str, automatic: bool, when: str,
+                     sender: str, subject: str) -> bool:
+        """A reply to a letter (a person's outranks an automatic one; the first of each
+        is kept); False if nothing changed."""
+        ...
+
+    def mailbox_mark(self, folder: str) -> tuple[int, int] | None:
+        """How far `folder` was read: its UIDVALIDITY and the last UID read."""
+        ...
+
+    def set_mailbox_mark(self, folder: str, uidvalidity: int, last_uid: int,
+                         when: float) -> None: ...
+
+    def first_sent(self) -> str | None:
+        """When the log's first letter went."""
         ...
 
     # -- review -------------------------------------------------------------------------

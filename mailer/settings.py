@@ -89,6 +89,8 @@ ENV_KEYS = {
     "concurrency": "MAILER_CONCURRENCY",
     "timeout": "MAILER_TIMEOUT",
     "max_attempts": "MAILER_MAX_ATTEMPTS",
+    "sender_address": "MAILER_SENDER_ADDRESS",
+    "sender_place": "MAILER_SENDER_PLACE",
     "daily_limit": "MAILER_DAILY_LIMIT",
     "window": "MAILER_WINDOW",
     "window_tz": "MAILER_WINDOW_TZ",
@@ -122,6 +124,10 @@ class Settings(BaseModel):
     concurrency: int = Field(4, ge=1, le=64)
     timeout: float = Field(30.0, gt=0, le=3600)
     max_attempts: int = Field(5, ge=1, le=100)
+    # For letters on paper: the sender's postal address (lines separated by | or line
+    # breaks) and the place on the date line.
+    sender_address: str | None = None
+    sender_place: str | None = None
     # At most this many letters from this account in any 24 hours (the provider's quota).
     daily_limit: int | None = Field(None, ge=1)
     window: Window | None = None
@@ -220,6 +226,11 @@ class Settings(BaseModel):
                               "<you@example.org>'")
 
     @property
+    def postal_address(self) -> tuple[str, ...]:
+        """The sender's postal address, a line at a time."""
+        return postal_lines(self.sender_address or "")
+
+    @property
     def account(self) -> str:
         """The account letters leave from, as the send log counts its daily limit."""
         return f"{self.from_address} via {self.smtp_host}"
@@ -243,6 +254,11 @@ class Settings(BaseModel):
         shown["smtp_security"] = self.security
         shown["domain_rates"] = ",".join(f"{d}={r}" for d, r in self.domain_rates.items())
         return shown
+
+
+def postal_lines(text: str) -> tuple[str, ...]:
+    """An address written on one line with `|` between its lines, or on several lines."""
+    return tuple(part.strip() for part in re.split(r"\||\r?\n", text) if part.strip())
 
 
 def is_loopback(host: str) -> bool:

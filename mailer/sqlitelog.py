@@ -28,7 +28,7 @@ from .errors import LeaseLost, LogError, LogLocked
 from .outcome import Outcome, Status
 from .sendlog import CampaignSummary, Entry, Holder, Listed, Run, stamp
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 # A lease not renewed for this long belongs to a run that is not sending any more.
 STALE = 60.0
 # Room a run needs on the log's disk: the write-ahead log's most, and each letter's outcome.
@@ -55,6 +55,23 @@ _SCHEMA = (
         account TEXT                    -- MAILER_FROM via the server: whose quota it used
     )""",
 )
+# Schema 7: what became of a letter after the server took it (a bounce, a reply, read in the
+# sender's mailbox), its paper copy, and how far each mailbox folder has been read.
+_STEPS = {7: (
+    "ALTER TABLE letters ADD COLUMN bounce_status TEXT",
+    "ALTER TABLE letters ADD COLUMN bounce_text TEXT",
+    "ALTER TABLE letters ADD COLUMN bounced_at TEXT",
+    "ALTER TABLE letters ADD COLUMN reply TEXT",  # 'replied' or 'auto-replied'
+    "ALTER TABLE letters ADD COLUMN reply_at TEXT",
+    "ALTER TABLE letters ADD COLUMN reply_from TEXT",
+    "ALTER TABLE letters ADD COLUMN reply_subject TEXT",
+    "ALTER TABLE letters ADD COLUMN paper_at TEXT",
+    "ALTER TABLE letters ADD COLUMN paper_pages INTEGER",
+    """CREATE TABLE mailbox (
+        folder TEXT PRIMARY KEY, uidvalidity INTEGER NOT NULL, last_uid INTEGER NOT NULL,
+        read_at TEXT NOT NULL
+    )""",
+)}
 # Schema 6: a run names its account, for the daily limit.
 _ACCOUNTS = ("""UPDATE runs SET account = json_extract(settings, '$.from_address') || ' via ' ||
     json_extract(settings, '$.smtp_host') WHERE account IS NULL""")
@@ -178,19 +195,23 @@ class SQLiteLog:
         with self.atomic():
             if version == 5:
                 self._db.execute("ALTER TABLE runs ADD COLUMN account TEXT")
-            elif version:
+            elif 0 < version < 5:
                 self._upgrade(version)
-            else:
-                for statement in _SCHEMA:
+            elif version == 0:
+                for statement in _SCHEMA:  # schema 6's tables; the steps bring them on
                     self._db.execute(statement)
             self._db.execute(_ACCOUNTS)
+            for step in range(max(version, 6) + 1, SCHEMA_VERSION + 1):
+                for statement in _STEPS[step]:
+                    self._db.execute(statement)
             self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         for leftover in (".inflight", ".lock"):  # schema 4's files beside the log
             with contextlib.suppress(OSError):
                 self.path.with_name(self.path.name + leftover).unlink(missing_ok=True)
 
     def _upgrade(self, version: int) -> None:
-        """Bring a log of an earlier release (schema 1 to 4) to schema 6. What its runs left
+        """Bring a log of an earlier release (schema 1 to 4) to schema 6's tables (the steps
+        after it follow). What its runs left
         in flight becomes `unknown`, unless schema 4's in-flight journal, written since
         this machine booted, proves a reserved letter never reached DATA; runs that never
         recorded their end are ended; the rows keep their states, in list order."""
@@ -319,11 +340,81 @@ class SQLiteLog:
                              "WHERE id = ? AND ended IS NULL",
                              (stamp(time.time()), outcome, json.dumps(dict(counts)), run.id))
 
+    # -- after a letter went ------------------------------------------------------------------
+
+    @_reported
+    def record_paper(self, campaign: str, copies: Iterable[tuple[Listed, int]],
+                     when: float) -> None:
+        with self.atomic():
+            for listed, pages in copies:
+                self.register(campaign, [listed], "")
+                self._db.execute("UPDATE letters SET paper_at = ?, paper_pages = ? "
+                                 "WHERE campaign = ? AND email = ?",
+                                 (stamp(when), pages, campaign, listed.email.casefold()))
+
+    @_reported
+    def find(self, message_ids: Iterable[str]) -> dict[str, tuple[str, str]]:
+        rows = self._db.execute(
+            "SELECT message_id, campaign, email FROM letters WHERE message_id IN "
+            "(SELECT value FROM json_each(?)) AND attempts > 0", (json.dumps(list(message_ids)),))
+        return {message_id: (campaign, email) for message_id, campaign, email in rows}
+
+    @_reported
+    def sent_to(self, email: str, before: float) -> list[str]:
+        rows = self._db.execute(
+            "SELECT campaign FROM letters WHERE email = ? AND attempts > 0 "
+            "AND status IN ('sent', 'unknown', 'bounced') AND last_attempt <= ? "
+            "ORDER BY last_attempt DESC", (email.casefold(), stamp(before)))
+        return [campaign for (campaign,) in rows]
+
+    @_reported
+    def record_bounce(self, campaign: str, email: str, status: str, text: str,
+                      when: float) -> bool:
+        with self.atomic():
+            changed = self._db.execute(
+                "UPDATE letters SET status = 'bounced', bounce_status = ?, bounce_text = ?, "
+                "bounced_at = ? WHERE campaign = ? AND email = ? "
+                "AND status IN ('sent', 'unknown', 'bounced')",
+                (status, text[:1000], stamp(when), campaign, email.casefold()))
+            return changed.rowcount > 0
+
+    @_reported
+    def record_reply(self, campaign: str, email: str, automatic: bool, when: str,
+                     sender: str, subject: str) -> bool:
+        kind = "auto-replied" if automatic else "replied"
+        with self.atomic():
+            changed = self._db.execute(
+                "UPDATE letters SET reply = ?1, reply_at = ?2, reply_from = ?3, "
+                "reply_subject = ?4 WHERE campaign = ?5 AND email = ?6 AND (reply IS NULL "
+                "OR (reply = 'auto-replied' AND ?1 = 'replied'))",
+                (kind, when, sender[:300], subject[:300], campaign, email.casefold()))
+            return changed.rowcount > 0
+
+    @_reported
+    def mailbox_mark(self, folder: str) -> tuple[int, int] | None:
+        row = self._db.execute("SELECT uidvalidity, last_uid FROM mailbox WHERE folder = ?",
+                               (folder,)).fetchone()
+        return None if row is None else (row[0], row[1])
+
+    @_reported
+    def set_mailbox_mark(self, folder: str, uidvalidity: int, last_uid: int,
+                         when: float) -> None:
+        with self.atomic():
+            self._db.execute("INSERT OR REPLACE INTO mailbox VALUES (?, ?, ?, ?)",
+                             (folder, uidvalidity, last_uid, stamp(when)))
+
+    @_reported
+    def first_sent(self) -> str | None:
+        first = self._db.execute("SELECT MIN(first_attempt) FROM letters").fetchone()[0]
+        return None if first is None else str(first)
+
     # -- review -----------------------------------------------------------------------------
 
     @_reported
     def campaigns(self) -> list[str]:
-        rows = self._db.execute("SELECT campaign FROM runs GROUP BY campaign ORDER BY MIN(id)")
+        # From the letters: a print registers a campaign's letters without a run.
+        rows = self._db.execute("SELECT campaign FROM letters GROUP BY campaign "
+                                "ORDER BY MIN(rowid)")
         return [row[0] for row in rows]
 
     @_reported
@@ -334,13 +425,20 @@ class SQLiteLog:
         first, last = self._db.execute(
             "SELECT MIN(last_attempt), MAX(last_attempt) FROM letters "
             "WHERE campaign = ? AND status = 'sent'", (campaign,)).fetchone()
-        return CampaignSummary(campaign, dict(counts), first, last)
+        on_paper, replied, auto_replied = self._db.execute(
+            "SELECT COUNT(paper_at), COUNT(*) FILTER (WHERE reply = 'replied'), "
+            "COUNT(*) FILTER (WHERE reply = 'auto-replied') FROM letters WHERE campaign = ?",
+            (campaign,)).fetchone()
+        return CampaignSummary(campaign, dict(counts), first, last, on_paper, replied,
+                               auto_replied)
 
     def entries(self, campaign: str, statuses: Iterable[Status]) -> Iterator[Entry]:
         try:
             rows = self._db.execute(
                 "SELECT campaign, address, line, status, attempts, first_attempt, "
-                "last_attempt, message_id, reply_code, reply_text FROM letters "
+                "last_attempt, message_id, reply_code, reply_text, bounce_status, "
+                "bounce_text, bounced_at, reply, reply_at, reply_from, reply_subject, "
+                "paper_at, paper_pages FROM letters "
                 "WHERE campaign = ? AND status IN (SELECT value FROM json_each(?)) "
                 "ORDER BY line, email", (campaign, json.dumps([str(s) for s in statuses])))
             for row in rows:

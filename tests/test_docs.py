@@ -17,7 +17,7 @@ COMMANDS = sorted(cli.commands)
 
 
 def test_the_cli_has_its_commands() -> None:
-    assert COMMANDS == ["check", "init", "log", "send", "sink"]
+    assert COMMANDS == ["check", "init", "log", "print", "send", "sink"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

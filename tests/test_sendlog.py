@@ -21,7 +21,7 @@ from mailer.message import Letter
 from mailer.outcome import Outcome, Status
 from mailer.recorder import Recorder
 from mailer.sendlog import Run, stamp
-from mailer.sqlitelog import SQLiteLog
+from mailer.sqlitelog import SCHEMA_VERSION, SQLiteLog
 
 Send = Callable[..., LoggedSend]
 DATA = REPO / "tests" / "data"
@@ -59,18 +59,20 @@ def _die(log: SQLiteLog, run: Run) -> None:
     db.close()
 
 
-def test_a_new_log_is_sqlite_in_wal_mode_with_schema_version_6(tmp_path: Path) -> None:
+def test_a_new_log_is_sqlite_in_wal_mode_with_the_latest_schema(tmp_path: Path) -> None:
     path = tmp_path / "log.sqlite3"
     log = SQLiteLog.open(path)
     # Every commit reaches the disk (fsync) before it returns.
     assert log._db.execute("PRAGMA synchronous").fetchone() == (2,)
     log.close()
     assert _query(path, "PRAGMA journal_mode") == [("wal",)]
-    assert _query(path, "PRAGMA user_version") == [(6,)]
+    assert _query(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
     columns = [row[1] for row in _query(path, "PRAGMA table_info(letters)")]
     assert columns == ["campaign", "email", "address", "line", "status", "attempts",
                        "first_attempt", "last_attempt", "message_id", "reply_code",
-                       "reply_text", "message_sha256", "template_sha256", "run_id"]
+                       "reply_text", "message_sha256", "template_sha256", "run_id",
+                       "bounce_status", "bounce_text", "bounced_at", "reply", "reply_at",
+                       "reply_from", "reply_subject", "paper_at", "paper_pages"]
     columns = [row[1] for row in _query(path, "PRAGMA table_info(runs)")]
     assert columns == ["id", "campaign", "started", "ended", "settings", "template_sha256",
                        "outcome", "counts", "host", "pid", "heartbeat", "account"]
@@ -323,7 +325,7 @@ def test_a_log_of_schema_1_is_migrated_and_its_stale_letters_become_unknown(
     log = SQLiteLog.open(path)
     assert status_of(log, "c", "ada@example.org") == Status.UNKNOWN
     log.close()
-    assert _query(path, "PRAGMA user_version") == [(6,)]
+    assert _query(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
 
 
 def test_a_log_of_schema_3_keeps_its_rows_in_list_order(tmp_path: Path) -> None:
@@ -340,22 +342,26 @@ def test_a_log_of_schema_3_keeps_its_rows_in_list_order(tmp_path: Path) -> None:
     db.close()
     SQLiteLog.open(path).close()
     # In list order; the reserved letter had its outcome (run 1's), so it stays as it is.
-    assert _query(path, "SELECT * FROM letters ORDER BY rowid") == rows
+    assert _query(path, "SELECT campaign, email, address, line, status, attempts, "
+                  "first_attempt, last_attempt, message_id, reply_code, reply_text, "
+                  "message_sha256, template_sha256, run_id FROM letters ORDER BY rowid") == rows
     assert _query(path, "SELECT outcome FROM runs") == [("died",)]
-    assert _query(path, "PRAGMA user_version") == [(6,)]
+    assert _query(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
 
 
-def test_a_log_of_schema_5_learns_the_account_of_each_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize("version", [5, 6])
+def test_a_log_of_this_releases_earlier_schemas_keeps_its_rows_and_learns_its_accounts(
+        version: int, tmp_path: Path) -> None:
     path = tmp_path / "log.sqlite3"
+    shutil.copy(DATA / f"schema{version}.sqlite3", path)
     log = SQLiteLog.open(path)
-    log.begin_run("c", {"from_address": "olive@example.org", "smtp_host": "smtp.example.org"},
-                  "hash")
+    assert [status_of(log, "c", f"p{n}@example.org") for n in range(3)] == \
+        [Status.SENT, Status.SENDING, Status.PENDING]
+    assert log.sent_since("olive@example.org via smtp.example.org", 0) == [1.8e9, 1.8e9]
+    log.begin_run("c", {}, "hash")  # the one left in flight is in doubt
+    assert status_of(log, "c", "p1@example.org") == Status.UNKNOWN
     log.close()
-    db = sqlite3.connect(path)
-    db.executescript("ALTER TABLE runs DROP COLUMN account; PRAGMA user_version = 5")
-    db.close()
-    SQLiteLog.open(path).close()
-    assert _query(path, "SELECT account FROM runs") == [("olive@example.org via smtp.example.org",)]
+    assert _query(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
 
 
 def _killed_release_log(tmp_path: Path, *, trust_journal: bool) -> Path:
@@ -411,13 +417,14 @@ def test_a_log_written_by_a_newer_mailer_is_refused_untouched(tmp_path: Path) ->
     path = tmp_path / "log.sqlite3"
     db = sqlite3.connect(path)
     db.execute("CREATE TABLE future (x)")
-    db.execute("PRAGMA user_version = 7")
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     db.commit()
     db.close()
     before = path.read_bytes()
     with pytest.raises(LogError) as caught:
         SQLiteLog.open(path)
-    assert str(caught.value) == (f"{path} was written by a newer mailer (schema 7); upgrade "
+    assert str(caught.value) == (f"{path} was written by a newer mailer (schema "
+                                 f"{SCHEMA_VERSION + 1}); upgrade "
                                  "mailer to read it")
     assert path.read_bytes() == before
 
