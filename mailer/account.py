@@ -7,6 +7,7 @@ shown, logged or stored, and a command that fails is a clear error before anythi
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Callable
 
 from pydantic import SecretStr
 
@@ -15,18 +16,20 @@ from .settings import ENV_KEYS, Settings, is_loopback
 
 
 class Login:
-    """Who logs in and how; `secret()` gives the password or a fresh token."""
+    """Who logs in and how; `secret()` gives the password or a fresh token. `field(name)`
+    names the setting each part comes from (`smtp_username`, or IMAP's own or its twin)."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.username = settings.smtp_username or ""
-        self.mechanism = settings.smtp_auth
-        self._token_command = settings.smtp_oauth2_token_command
+    def __init__(self, settings: Settings, field: Callable[[str], str]) -> None:
+        self.username: str = getattr(settings, field("username")) or ""
+        self.mechanism: str = getattr(settings, field("auth"))
+        self._token_field = field("oauth2_token_command")
+        self._token_command: SecretStr | None = getattr(settings, self._token_field)
         self._password: SecretStr | None = None
         if self.mechanism == "password":
-            self._password = settings.smtp_password or (
-                SecretStr(run_secret_command("smtp_password_command",
-                                             settings.smtp_password_command))
-                if settings.smtp_password_command else None)
+            command = field("password_command")
+            self._password = getattr(settings, field("password")) or (
+                SecretStr(run_secret_command(command, getattr(settings, command)))
+                if getattr(settings, command) else None)
 
     def __repr__(self) -> str:
         return f"Login({self.username!r}, {self.mechanism})"
@@ -36,25 +39,40 @@ class Login:
         if self._password is not None:
             return self._password.get_secret_value()
         assert self._token_command is not None
-        return run_secret_command("smtp_oauth2_token_command", self._token_command)
+        return run_secret_command(self._token_field, self._token_command)
 
 
 def login(settings: Settings) -> Login | None:
-    """The login the settings describe (None: the server takes mail without one), after
-    refusing what would be unsafe or cannot work; runs a password command."""
+    """The SMTP login the settings describe (None: the server takes mail without one),
+    after refusing what would be unsafe or cannot work; runs a password command."""
     if (settings.smtp_username and settings.security == "none"
             and not is_loopback(settings.smtp_host) and not settings.allow_insecure_auth):
         raise ConfigError(
             f"refusing to send the password for {settings.smtp_username} to "
             f"{settings.smtp_host} without TLS; set MAILER_SMTP_SECURITY=starttls or tls "
             "(or MAILER_ALLOW_INSECURE_AUTH=true if you really mean it)")
-    secrets = (settings.smtp_oauth2_token_command,) if settings.smtp_auth == "xoauth2" \
-        else (settings.smtp_password, settings.smtp_password_command)
-    needed = ("MAILER_SMTP_OAUTH2_TOKEN_COMMAND" if settings.smtp_auth == "xoauth2"
-              else "MAILER_SMTP_PASSWORD (or MAILER_SMTP_PASSWORD_COMMAND)")
-    if bool(settings.smtp_username) != any(secrets):
-        raise ConfigError(f"set both MAILER_SMTP_USERNAME and {needed}, or neither")
-    return Login(settings) if settings.smtp_username else None
+    return _checked(settings, lambda name: f"smtp_{name}", "smtp")
+
+
+def mailbox_login(settings: Settings) -> Login:
+    """The IMAP login: IMAP's own settings, each missing one its SMTP twin's. A mailbox
+    is always read with a login (over TLS: IMAP security has no `none`)."""
+    found = _checked(settings, settings.imap_field, "imap")
+    if found is None:
+        raise ConfigError("reading the mailbox needs a login: set MAILER_IMAP_USERNAME and "
+                          "MAILER_IMAP_PASSWORD (or the SMTP ones, if they are the same)")
+    return found
+
+
+def _checked(settings: Settings, field: Callable[[str], str], service: str) -> Login | None:
+    xoauth2 = getattr(settings, field("auth")) == "xoauth2"
+    names = (("oauth2_token_command",) if xoauth2 else ("password", "password_command"))
+    given = any(getattr(settings, field(name)) for name in names)
+    if bool(getattr(settings, field("username"))) != given:
+        keys = [ENV_KEYS[f"{service}_{name}"] for name in ("username", *names)]
+        needed = " (or ".join(keys[1:]) + ")" * (len(keys) - 2)
+        raise ConfigError(f"set both {keys[0]} and {needed}, or neither")
+    return Login(settings, field) if given else None
 
 
 def run_secret_command(field: str, command: SecretStr | None) -> str:

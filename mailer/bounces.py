@@ -116,6 +116,15 @@ def classify(data: bytes) -> Bounce | Reply | None:
         return None
 
 
+def may_be_bounce(headers: bytes) -> bool:
+    """Whether a message whose headers these are may be a bounce or a read receipt, so its
+    body is worth reading; every other message `classify` reads from its headers alone."""
+    try:
+        return _from_mail_system(BytesHeaderParser().parsebytes(headers))
+    except Exception:
+        return True  # headers that cannot be read: let `classify` try the whole message
+
+
 # -- bounces ------------------------------------------------------------------------------
 
 

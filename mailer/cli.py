@@ -9,13 +9,15 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
 import click
 
 from . import starter
+from .account import mailbox_login
 from .addresses import InvalidAddress, normalize_address
 from .campaign import Campaign, CheckReport, plural
 from .delivery import Delivery, Preview, SendOptions
@@ -30,12 +32,15 @@ from .display import (
     write_csv,
 )
 from .errors import ConfigError, InputError, MailerError, Problem
+from .inbox import read_inbox
+from .mailbox import Mailbox, mailbox_context
 from .outbox import write_outbox
 from .outcome import Outcome, Status
 from .post import print_campaign
 from .recipients import Where
 from .sender import Sender, SendSummary, Waiting
-from .sendlog import open_log
+from .sendlog import Entry, SendLog, open_log
+from .sentcopies import CopiesSummary, saves_sent
 from .settings import PLACEHOLDER_FROM, PLACEHOLDER_NAME, Settings, load_settings
 from .sink import Received, Sink, start_sink
 from .smtp import Connection, tls_context
@@ -64,6 +69,13 @@ def _unused_versions(campaign: Campaign, report: CheckReport) -> list[Problem]:
     return [Problem(str(t.path), None, f"warning: no row of {campaign.recipients_path} has "
                     f"language {t.language!r}") for t in campaign.templates
             if t.language and not report.versions[t.language]]
+
+
+def _texts(context: click.Context, parameter: click.Parameter,
+           values: tuple[str, ...]) -> tuple[str, ...]:
+    for value in values:
+        _text(context, parameter, value)
+    return values
 
 
 def _where(items: tuple[str, ...]) -> Where | None:
@@ -144,7 +156,8 @@ def check(recipients: Path, template: Path, env_file: Path | None, allow_duplica
 @click.option("--campaign", "campaign_name", metavar="NAME", callback=_text,
               help="Campaign name in the send log [default: the template's file stem].")
 @click.option("--log", "log_path", type=_PATH, help="Send log file [MAILER_LOG].")
-@click.option("--retry-failed", is_flag=True, help="Also resend letters that failed for good.")
+@click.option("--retry-failed", is_flag=True,
+              help="Also resend letters that failed for good or bounced.")
 @click.option("--resend-unknown", is_flag=True,
               help="Also resend letters whose fate is unknown (they may arrive twice).")
 @click.option("--rate", help="Letters per time, e.g. 30/min, 2/s; 0 = no limit [MAILER_RATE].")
@@ -166,6 +179,10 @@ def check(recipients: Path, template: Path, env_file: Path | None, allow_duplica
                    "Europe/Paris [MAILER_WINDOW_TZ; default: this machine's].")
 @click.option("--wait", is_flag=True,
               help="Wait for the daily limit, a quota or the window instead of stopping.")
+@click.option("--save-sent", type=click.Choice(["auto", "yes", "no"]),
+              help="A copy of each letter sent into your mailbox's Sent folder; auto: if "
+                   "MAILER_IMAP_HOST is set and the provider does not file one itself "
+                   "[MAILER_SAVE_SENT].")
 def send(recipients: Path, template: Path, env_file: Path | None, allow_duplicates: bool,
          where: tuple[str, ...], dry_run: bool, limit: int | None, outbox: Path, yes: bool,
          redirect_to: str | None, campaign_name: str | None, log_path: Path | None,
@@ -173,7 +190,7 @@ def send(recipients: Path, template: Path, env_file: Path | None, allow_duplicat
          domain_rate: tuple[str, ...], concurrency: int | None, timeout: float | None,
          max_attempts: int | None, host: str | None, port: int | None, security: str | None,
          daily_limit: int | None, window: str | None, window_tz: str | None,
-         wait: bool) -> None:
+         wait: bool, save_sent: str | None) -> None:
     """Send the campaign (or, with --dry-run, write every letter to the outbox).
 
     A live send shows what it is about to do and asks first (--yes skips the question).
@@ -188,7 +205,7 @@ def send(recipients: Path, template: Path, env_file: Path | None, allow_duplicat
         env_file, rate=rate, domain_rates=list(domain_rate) or None, concurrency=concurrency,
         timeout=timeout, max_attempts=max_attempts, smtp_host=host, smtp_port=port,
         smtp_security=security, log=log_path, daily_limit=daily_limit, window=window,
-        window_tz=window_tz)
+        window_tz=window_tz, save_sent=save_sent)
     campaign = Campaign(settings, recipients, template, name=campaign_name,
                         allow_duplicates=allow_duplicates, where=_where(where))
     options = SendOptions(limit, retry_failed, resend_unknown, wait)
@@ -277,6 +294,9 @@ def _test_send(campaign: Campaign, address: str, count: int, yes: bool) -> None:
 def _live_send(campaign: Campaign, options: SendOptions, yes: bool) -> None:
     settings = campaign.settings
     Sender(settings)  # refusals that depend on the settings alone come first
+    copies = saves_sent(settings)
+    if copies:
+        mailbox_login(settings)
     with open_log(settings.log) as log, Delivery(campaign, log, options) as delivery:
         _say_takeover(delivery)
         plan = delivery.plan
@@ -291,11 +311,25 @@ def _live_send(campaign: Campaign, options: SendOptions, yes: bool) -> None:
         click.echo(f"From {settings.sender_name} <{settings.from_address}> via "
                    f"{_describe_server(settings)}, at {settings.rate} "
                    f"with {settings.concurrency} connection(s). Log: {settings.log}")
+        if copies:
+            click.echo(f"A copy of each letter goes into the Sent folder at "
+                       f"{settings.mailbox_host}:{settings.mailbox_port}.")
         _confirm(f"Send {plural(plan.due, 'letter')}?", yes)
         with Progress(plan.due) as progress:
             _sending(delivery.send, progress.update)
+    if delivery.copies is not None:
+        _say_copies(delivery.copies.summary)
     raise click.exceptions.Exit(_report(delivery.summary, delivery.missing,
                                         campaign.recipients_path))
+
+
+def _say_copies(copies: CopiesSummary) -> None:
+    click.echo(shown(f"Sent folder {copies.folder!r}: {plural(copies.saved, 'copy', 'copies')} "
+                     "saved.", one_line=True))
+    if copies.unsaved:
+        click.echo(shown(f"{plural(copies.unsaved, 'copy', 'copies')} could not be saved "
+                         f"({copies.error}); the letters went all the same, and are recorded "
+                         "sent.", one_line=True))
 
 
 def _say_international(settings: Settings, count: int) -> None:
@@ -415,7 +449,8 @@ def _report(summary: SendSummary, missing: int = 0, recipients: Path | None = No
     return 75 if come_back or summary.counts[Status.DEFERRED] else 0
 
 
-_ATTENTION = (Status.FAILED, Status.DEFERRED, Status.UNKNOWN, Status.SENDING, Status.PENDING)
+_ATTENTION = (Status.BOUNCED, Status.FAILED, Status.DEFERRED, Status.UNKNOWN, Status.SENDING,
+              Status.PENDING)
 
 
 @cli.command()
@@ -428,21 +463,30 @@ _ATTENTION = (Status.FAILED, Status.DEFERRED, Status.UNKNOWN, Status.SENDING, St
               type=click.Choice([s.value for s in Status]),
               help="List recipients in this state (repeatable) [default: all that need "
                    "attention].")
+@click.option("--replied", "answered", flag_value="replied",
+              help="Only letters a person answered (mailer inbox reads the answers).")
+@click.option("--no-reply", "answered", flag_value="none",
+              help="Only letters no person has answered (an automatic reply is no answer).")
 @click.option("--format", "output", type=click.Choice(["table", "csv", "json"]),
               default="table", show_default=True, help="Output format.")
 def log(log_path: Path | None, env_file: Path | None, campaign_name: str | None,
-        statuses: tuple[str, ...], output: str) -> None:
-    """Review the send log: who got the letter, who did not, and why."""
+        statuses: tuple[str, ...], answered: str | None, output: str) -> None:
+    """Review the send log: who got the letter, who did not, and why.
+
+    Without --status it lists the letters that need attention; with --replied or
+    --no-reply, the letters that went (sent, unknown or bounced).
+    """
     settings = load_settings(env_file, log=log_path)
     send_log = open_log(settings.log, create=False)
     try:
-        known = send_log.campaigns()
-        if campaign_name is not None and campaign_name not in known:
-            raise ConfigError(f"no campaign {campaign_name!r} in {settings.log}; it has: "
-                              f"{', '.join(map(repr, known)) or 'none yet'}")
-        campaigns = [campaign_name] if campaign_name else known
-        wanted = [Status(s) for s in statuses] or list(_ATTENTION)
-        entries = itertools.chain.from_iterable(send_log.entries(c, wanted) for c in campaigns)
+        name = _campaign_in(send_log, campaign_name, settings.log)
+        campaigns = [name] if name else send_log.campaigns()
+        wanted = [Status(s) for s in statuses] or (
+            [Status.SENT, Status.UNKNOWN, Status.BOUNCED] if answered else list(_ATTENTION))
+        entries: Iterable[Entry] = itertools.chain.from_iterable(
+            send_log.entries(c, wanted) for c in campaigns)
+        if answered:
+            entries = (e for e in entries if (e.reply == "replied") == (answered == "replied"))
         if output == "json":
             for piece in json_items(entries):
                 click.echo(piece, nl=False)
@@ -469,15 +513,83 @@ def log(log_path: Path | None, env_file: Path | None, campaign_name: str | None,
                                f"{summary.auto_replied} automatic")
                 if summary.on_paper:
                     click.echo(f"  {plural(summary.on_paper, 'letter')} printed for the post")
-            title = "Recipients that need attention" if wanted == list(_ATTENTION) else None
+            title = "Recipients that need attention" if wanted == list(_ATTENTION) else (
+                {"replied": "Letters a person answered",
+                 "none": "Letters no person has answered"}.get(answered or ""))
             count = print_table(entries, title, several=len(campaigns) > 1, answers=answers,
                                 paper=paper)
             if not count:
-                click.echo(f"No recipients are {' or '.join(wanted)}.")
+                click.echo(f"No recipients are {' or '.join(wanted)}"
+                           + {"replied": ", with a reply", "none": ", without a reply"}.get(
+                               answered or "", "") + ".")
             elif count > TABLE_ROWS:
                 click.echo(f"... and {count - TABLE_ROWS:,} more (--format csv lists them all)")
     finally:
         send_log.close()
+
+
+@cli.command()
+@click.option("--log", "log_path", type=_PATH, help="Send log file [MAILER_LOG].")
+@click.option("--env-file", type=_PATH,
+              help="Settings file (MAILER_* keys) [default: .env, if there is one].")
+@click.option("--campaign", "campaign_name", metavar="NAME", callback=_text,
+              help="Only this campaign's letters [default: every campaign in the log].")
+@click.option("--folder", "folders", multiple=True, metavar="NAME", callback=_texts,
+              help="A folder to read (repeatable) [default: INBOX].")
+@click.option("--since", type=click.DateTime(["%Y-%m-%d"]), metavar="YYYY-MM-DD",
+              help="Read again every message since this day [default: what is new since "
+                   "the last read, and nothing from before the first letter went].")
+def inbox(log_path: Path | None, env_file: Path | None, campaign_name: str | None,
+          folders: tuple[str, ...], since: datetime | None) -> None:
+    """Read your mailbox for bounces and replies to the letters, and record them.
+
+    It changes nothing in the mailbox (read-only, no message marked read). A bounced
+    letter is not sent again unless mailer send --retry-failed.
+    """
+    settings = load_settings(env_file, log=log_path)
+    with open_log(settings.log, create=False) as send_log:
+        campaign = _campaign_in(send_log, campaign_name, settings.log)
+        first = send_log.first_sent(campaign)
+        if first is None:
+            click.echo("No letter has been sent yet: there is nothing to look for.")
+            return
+        # A day early: INTERNALDATE is in the server's time zone, SINCE takes its date.
+        start = since.date() if since else date.fromisoformat(first[:10]) - timedelta(days=1)
+        with Mailbox(settings, mailbox_login(settings), mailbox_context(settings)) as mailbox:
+            click.echo(shown(f"Reading {mailbox.account}, from {start}.", one_line=True))
+            found = read_inbox(mailbox, send_log, folders or ["INBOX"], start, campaign,
+                               from_start=since is not None)
+    about = f"campaign {campaign!r}" if campaign else "these campaigns"
+    click.echo(shown(f"Read {plural(found.read, 'message')} in {', '.join(found.folders)}: "
+                     f"{plural(found.replies, 'reply', 'replies')} from a person, "
+                     f"{plural(found.auto_replies, 'automatic reply', 'automatic replies')}, "
+                     f"{plural(len(found.bounced), 'bounce')}.", one_line=True))
+    for bounce in found.bounced:
+        click.echo(shown(f"  bounced: {bounce.email} ({bounce.campaign}): {bounce.status} "
+                         f"{bounce.diagnostic}".rstrip(), one_line=True))
+    notes = [
+        (found.delayed, f"{plural(found.delayed, 'delay notice')}: a server is still trying; "
+                        "nothing changes"),
+        (found.copies_bounced, f"{plural(found.copies_bounced, 'bounce')} of a Cc or Bcc "
+                               "copy: the letter itself went"),
+        (found.known, f"{plural(found.known, 'message')} recorded by an earlier read"),
+        (found.unrelated, f"{plural(found.unrelated, 'message')} not about {about}")]
+    for count, note in notes:
+        if count:
+            click.echo(f"  {note}")
+    if found.bounced:
+        click.echo("mailer log --status bounced lists the bounced letters; fix their "
+                   "addresses in the list (a new address gets its letter), or send them "
+                   "again with mailer send --retry-failed.")
+
+
+def _campaign_in(send_log: SendLog, name: str | None, location: Path) -> str | None:
+    """`name` if the log has that campaign (ConfigError listing those it has if not)."""
+    known = send_log.campaigns()
+    if name is not None and name not in known:
+        raise ConfigError(f"no campaign {name!r} in {location}; it has: "
+                          f"{', '.join(map(repr, known)) or 'none yet'}")
+    return name
 
 
 @cli.command("print")

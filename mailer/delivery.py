@@ -33,6 +33,7 @@ from .recorder import Recorder
 from .schedule import DAY, Clock, DailyLimit, SystemClock
 from .sender import Policy, Schedule, Sender, SendSummary, Waiting
 from .sendlog import Listed, Run, SendLog
+from .sentcopies import SentCopies, saves_sent
 
 # Letters whose states are looked up at once: one query each, little held in memory.
 _CHUNK = 256
@@ -52,7 +53,7 @@ class SendOptions:
     def due(self, status: Status) -> bool:
         """Whether a recipient in this state gets the letter in this run."""
         return (status in (Status.PENDING, Status.DEFERRED)
-                or (status == Status.FAILED and self.retry_failed)
+                or (status in (Status.FAILED, Status.BOUNCED) and self.retry_failed)
                 or (status == Status.UNKNOWN and self.resend_unknown))
 
 
@@ -97,6 +98,7 @@ class Plan:
         if not self.skipped and not self.repeated:
             return text
         hints = {Status.SENT: "already sent", Status.FAILED: "failed (--retry-failed to retry)",
+                 Status.BOUNCED: "bounced (--retry-failed to send again)",
                  Status.UNKNOWN: "unknown: the server may have them (--resend-unknown to resend)",
                  Status.SENDING: "in flight in a run that is sending now or stopped (the next "
                                  "live run lists those of a stopped run as unknown)"}
@@ -189,6 +191,8 @@ class Delivery:
         self.changed = False
         self._fingerprint: tuple[int, int, int] | None = None
         self._outcome = "stopped before sending"
+        # The copies in the Sent folder, once a run has made them.
+        self.copies: SentCopies | None = None
 
     def __enter__(self) -> Delivery:
         campaign = self.campaign
@@ -258,9 +262,13 @@ class Delivery:
         the run cleanly (letters in flight finish)."""
         assert self.run is not None, "use Delivery as a context manager"
         self._outcome = "failed"
-        async with Recorder(self.log, self.run, self.clock) as recorder:
-            sender = Sender(self.campaign.settings, recorder, policy=self.policy,
-                            schedule=self.schedule(), clock=self.clock)
+        settings = self.campaign.settings
+        async with contextlib.AsyncExitStack() as stack:
+            recorder = await stack.enter_async_context(Recorder(self.log, self.run, self.clock))
+            if saves_sent(settings):
+                self.copies = await stack.enter_async_context(SentCopies(settings))
+            sender = Sender(settings, recorder, policy=self.policy, schedule=self.schedule(),
+                            clock=self.clock, copies=self.copies)
             self.summary = sender.summary
             async for event in sender.send(self._due_letters(), stop):
                 yield event

@@ -6,8 +6,9 @@ Every error a user can cause or meet carries the message they should read; the C
     MailerError                     exit 2: nothing was attempted, or the run had to stop
     ├── ConfigError (ValueError)    a setting, flag or file path is wrong
     ├── InputError                  exit 1: the list or template has problems, all listed
+    ├── MailboxError (ConnectionError)  the sender's mailbox (IMAP) cannot be read or written
     ├── SendError                   exit 1: the server stopped the run (code, recipient)
-    │   ├── AuthError (PermissionError)
+    │   ├── AuthError (PermissionError)  (a mailbox's refused login too)
     │   ├── TLSError (ConnectionError)
     │   ├── ServerUnreachable (ConnectionError)
     │   └── TooManyFailures
@@ -57,6 +58,10 @@ class InputError(MailerError):
         if summary:
             lines.append(summary)
         super().__init__("\n".join(lines))
+
+
+class MailboxError(MailerError, ConnectionError):
+    """The sender's mailbox cannot be reached, or refused what was asked of it."""
 
 
 class SendError(MailerError):

@@ -34,6 +34,7 @@ from .outcome import Outcome, Status
 from .ratelimit import DomainLimits, RateLimiter, Throttle
 from .recorder import Recorder
 from .schedule import Clock, DailyLimit, SystemClock, Window, zone
+from .sentcopies import SentCopies
 from .settings import Settings
 from .smtp import Attempt, Connection, tls_context
 
@@ -113,10 +114,11 @@ class Sender:
 
     def __init__(self, settings: Settings, recorder: Recorder | None = None, *,
                  policy: Policy | None = None, schedule: Schedule | None = None,
-                 clock: Clock | None = None) -> None:
+                 clock: Clock | None = None, copies: SentCopies | None = None) -> None:
         self._login = login(settings)  # refuses what is unsafe; runs a password command
         self.settings = settings
         self.recorder = recorder
+        self.copies = copies
         self.policy = policy or Policy(max_attempts=settings.max_attempts)
         self.schedule = schedule or Schedule()
         self.clock = clock or SystemClock()
@@ -197,9 +199,11 @@ class Sender:
         # Connections beyond what the server lets the run keep stop, after their letter.
         while index < self._throttle.connections and (letter := await feed.next()):
             outcome = await self._deliver(index, connection, feed, letter)
-            letter = None  # not to keep a large letter alive while the next is built
             if outcome is not None:
                 self._finish(outcome)
+                if self.copies is not None and outcome.status == Status.SENT:
+                    await self.copies.save(letter.data, outcome.last_try or self.clock.time())
+            letter = None  # not to keep a large letter alive while the next is built
         connection.close()
 
     async def _deliver(self, index: int, connection: Connection, feed: _Feed,

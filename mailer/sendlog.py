@@ -198,8 +198,8 @@ class SendLog(Protocol):
 
     def record_bounce(self, campaign: str, email: str, status: str, text: str,
                       when: float) -> bool:
-        """A letter that went came back: it is bounced (False if there is no such letter
-        that went)."""
+        """A letter that went (sent or unknown) came back: it is bounced; False if there
+        is no such letter, or it was recorded bounced already."""
         ...
 
     def record_reply(self, campaign: str, email: str, automatic: bool, when: str,
@@ -215,8 +215,8 @@ class SendLog(Protocol):
     def set_mailbox_mark(self, folder: str, uidvalidity: int, last_uid: int,
                          when: float) -> None: ...
 
-    def first_sent(self) -> str | None:
-        """When the log's first letter went."""
+    def first_sent(self, campaign: str | None = None) -> str | None:
+        """When the first letter of `campaign` (None: of any) was first tried."""
         ...
 
     # -- review -------------------------------------------------------------------------

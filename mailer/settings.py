@@ -83,6 +83,16 @@ ENV_KEYS = {
     "smtp_auth": "MAILER_SMTP_AUTH",
     "smtp_oauth2_token_command": "MAILER_SMTP_OAUTH2_TOKEN_COMMAND",
     "smtp_ca_file": "MAILER_SMTP_CA_FILE",
+    "imap_host": "MAILER_IMAP_HOST",
+    "imap_port": "MAILER_IMAP_PORT",
+    "imap_security": "MAILER_IMAP_SECURITY",
+    "imap_username": "MAILER_IMAP_USERNAME",
+    "imap_password": "MAILER_IMAP_PASSWORD",
+    "imap_password_command": "MAILER_IMAP_PASSWORD_COMMAND",
+    "imap_auth": "MAILER_IMAP_AUTH",
+    "imap_oauth2_token_command": "MAILER_IMAP_OAUTH2_TOKEN_COMMAND",
+    "imap_ca_file": "MAILER_IMAP_CA_FILE",
+    "save_sent": "MAILER_SAVE_SENT",
     "allow_insecure_auth": "MAILER_ALLOW_INSECURE_AUTH",
     "rate": "MAILER_RATE",
     "domain_rates": "MAILER_DOMAIN_RATES",
@@ -97,7 +107,10 @@ ENV_KEYS = {
     "log": "MAILER_LOG",
 }
 # Settings that are secrets, or that make one: never shown, stored or echoed back.
-SECRETS = ("smtp_password", "smtp_password_command", "smtp_oauth2_token_command")
+SECRETS = ("smtp_password", "smtp_password_command", "smtp_oauth2_token_command",
+           "imap_password", "imap_password_command", "imap_oauth2_token_command")
+# The login settings IMAP takes from SMTP's when it has none of its own.
+TWINS = ("username", "password", "password_command", "auth", "oauth2_token_command", "ca_file")
 
 
 class Settings(BaseModel):
@@ -118,6 +131,20 @@ class Settings(BaseModel):
     # A command that prints a current OAuth2 access token (run at each login).
     smtp_oauth2_token_command: SecretStr | None = None
     smtp_ca_file: Path | None = None
+    # The sender's mailbox, read for bounces and replies (and written for Sent copies); each
+    # login setting left out is its SMTP twin's (`imap_field`).
+    imap_host: str | None = None
+    imap_port: int | None = Field(None, ge=1, le=65535)
+    imap_security: Literal["tls", "starttls"] = "tls"
+    imap_username: str | None = None
+    imap_password: SecretStr | None = None
+    imap_password_command: SecretStr | None = None
+    imap_auth: Literal["password", "xoauth2"] | None = None
+    imap_oauth2_token_command: SecretStr | None = None
+    imap_ca_file: Path | None = None
+    # A copy of each letter sent into the mailbox's Sent folder: `auto` unless the provider
+    # files one itself (Gmail, Microsoft 365).
+    save_sent: Literal["auto", "yes", "no"] = "auto"
     allow_insecure_auth: bool = False
     rate: Rate = Rate(10)
     domain_rates: dict[str, Rate] = Field(default_factory=dict)
@@ -158,7 +185,7 @@ class Settings(BaseModel):
         except InvalidAddress as error:
             raise ValueError(f"{value!r} is not an email address: {error}") from None
 
-    @field_validator("sender_name", "smtp_host", "smtp_username")
+    @field_validator("sender_name", "smtp_host", "smtp_username", "imap_host", "imap_username")
     @classmethod
     def _single_line(cls, value: str | None) -> str | None:
         if value is not None and (LINE_BREAK.search(value) or "\0" in value):
@@ -167,7 +194,8 @@ class Settings(BaseModel):
             raise ValueError("must not contain control characters")
         return value
 
-    @field_validator("smtp_security", "smtp_auth", mode="before")
+    @field_validator("smtp_security", "smtp_auth", "imap_security", "imap_auth", "save_sent",
+                     mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.strip().lower() or None if isinstance(value, str) else value
@@ -246,6 +274,20 @@ class Settings(BaseModel):
         if self.smtp_security:
             return self.smtp_security
         return "none" if is_loopback(self.smtp_host) else "starttls"
+
+    def imap_field(self, name: str) -> str:
+        """The setting that gives IMAP's `name` (one of TWINS): its own, else SMTP's."""
+        own = f"imap_{name}"
+        return own if getattr(self, own) is not None else f"smtp_{name}"
+
+    @property
+    def mailbox_host(self) -> str:
+        """The IMAP server: MAILER_IMAP_HOST, else the SMTP server (one host for both)."""
+        return self.imap_host or self.smtp_host
+
+    @property
+    def mailbox_port(self) -> int:
+        return self.imap_port or (993 if self.imap_security == "tls" else 143)
 
     def public(self) -> dict[str, str]:
         """The settings worth recording with a run: everything but secrets."""

@@ -85,9 +85,10 @@ _COPY = (
         counts FROM old_runs""",
 )
 
+# A letter sent again (--retry-failed) after a bounce is not bounced until another comes.
 _MARK = """UPDATE letters SET status = 'sending', run_id = ?1,
-    first_attempt = COALESCE(first_attempt, ?2), last_attempt = ?2
-    WHERE campaign = ?3 AND email = ?4"""
+    first_attempt = COALESCE(first_attempt, ?2), last_attempt = ?2, bounce_status = NULL,
+    bounce_text = NULL, bounced_at = NULL WHERE campaign = ?3 AND email = ?4"""
 # Stored times compare as text; a mark may have come after the letter's first try.
 _OUTCOME = """UPDATE letters SET status = ?1, attempts = attempts + ?2,
     first_attempt = MIN(COALESCE(first_attempt, ?3), ?3), last_attempt = ?4, reply_code = ?5,
@@ -374,7 +375,7 @@ class SQLiteLog:
             changed = self._db.execute(
                 "UPDATE letters SET status = 'bounced', bounce_status = ?, bounce_text = ?, "
                 "bounced_at = ? WHERE campaign = ? AND email = ? "
-                "AND status IN ('sent', 'unknown', 'bounced')",
+                "AND status IN ('sent', 'unknown')",
                 (status, text[:1000], stamp(when), campaign, email.casefold()))
             return changed.rowcount > 0
 
@@ -404,8 +405,10 @@ class SQLiteLog:
                              (folder, uidvalidity, last_uid, stamp(when)))
 
     @_reported
-    def first_sent(self) -> str | None:
-        first = self._db.execute("SELECT MIN(first_attempt) FROM letters").fetchone()[0]
+    def first_sent(self, campaign: str | None = None) -> str | None:
+        first = self._db.execute(
+            "SELECT MIN(first_attempt) FROM letters WHERE attempts > 0 AND (?1 IS NULL OR "
+            "campaign = ?1)", (campaign,)).fetchone()[0]
         return None if first is None else str(first)
 
     # -- review -----------------------------------------------------------------------------

@@ -30,24 +30,28 @@ PROVIDERS = {provider.name: provider for provider in (
     Provider("gmail", "Gmail", {
         "MAILER_SMTP_HOST": "smtp.gmail.com", "MAILER_SMTP_PORT": "587",
         "MAILER_SMTP_SECURITY": "starttls", "MAILER_SMTP_AUTH": "password",
+        "MAILER_IMAP_HOST": "imap.gmail.com", "MAILER_IMAP_PORT": "993",
         "MAILER_RATE": "20/min", "MAILER_DAILY_LIMIT": "500"},
         "about 500 letters a day for a personal account, and an app password to log in: "
         "support.google.com/a/answer/166852, support.google.com/accounts/answer/185833"),
     Provider("workspace", "Google Workspace", {
         "MAILER_SMTP_HOST": "smtp.gmail.com", "MAILER_SMTP_PORT": "587",
         "MAILER_SMTP_SECURITY": "starttls", "MAILER_SMTP_AUTH": "password",
+        "MAILER_IMAP_HOST": "imap.gmail.com", "MAILER_IMAP_PORT": "993",
         "MAILER_RATE": "20/min", "MAILER_DAILY_LIMIT": "2000"},
         "2,000 letters a day per user: support.google.com/a/answer/166852"),
     Provider("microsoft", "Outlook.com / Microsoft 365", {
         "MAILER_SMTP_HOST": "smtp.office365.com", "MAILER_SMTP_PORT": "587",
         "MAILER_SMTP_SECURITY": "starttls", "MAILER_SMTP_AUTH": "xoauth2",
+        "MAILER_IMAP_HOST": "outlook.office365.com", "MAILER_IMAP_PORT": "993",
         "MAILER_RATE": "30/min", "MAILER_DAILY_LIMIT": "10000"},
         "10,000 recipients a day and 30 messages a minute, and basic (password) logins being "
         "switched off: learn.microsoft.com/office365/servicedescriptions/"
         "exchange-online-service-description/exchange-online-limits"),
     Provider("self-hosted", "your organisation's own server", {
         "MAILER_SMTP_HOST": "mail.example.org", "MAILER_SMTP_PORT": "587",
-        "MAILER_SMTP_SECURITY": "starttls", "MAILER_SMTP_AUTH": "password"},
+        "MAILER_SMTP_SECURITY": "starttls", "MAILER_SMTP_AUTH": "password",
+        "MAILER_IMAP_HOST": "mail.example.org", "MAILER_IMAP_PORT": "993"},
         "ask whoever runs it for the host, and for any daily limit"),
 )}
 

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import trustme
 from aiosmtpd.smtp import AuthResult, LoginPassword
+from imapd import IMAPServer
 from servers import Faults, RecordingHandler, ScriptedServer, start_server
 
 from mailer.cli import main
@@ -188,6 +189,21 @@ def tls_server(ca: trustme.CA) -> Iterator[Server]:
                               authenticator=_authenticate, auth_required=True)
     yield Server(handler, controller.port)
     controller.stop()
+
+
+@pytest.fixture
+def imap_server(ca: trustme.CA) -> Iterator[IMAPServer]:
+    """A real IMAP server (tests/imapd.py): IMAPS on 127.0.0.1, the session CA, the usual
+    folders, empty."""
+    with IMAPServer(ca) as server:
+        yield server
+
+
+def imap_env(server: IMAPServer, ca_file: Path) -> dict[str, str]:
+    """Environment variables that point `mailer` at this mailbox."""
+    return {"MAILER_IMAP_HOST": server.host, "MAILER_IMAP_PORT": str(server.port),
+            "MAILER_IMAP_USERNAME": server.user, "MAILER_IMAP_PASSWORD": server.password,
+            "MAILER_IMAP_CA_FILE": str(ca_file)}
 
 
 def make_letters(count: int, domain: str = "example.org", start: int = 0) -> list[Letter]:

@@ -183,6 +183,11 @@ class IMAPServer:
     def uidvalidity(self, folder: str) -> int:
         return self._call(self._uidvalidity(folder))
 
+    def cut_connections(self) -> None:
+        """Cut every open connection, as a server restarting does; it goes on listening."""
+        if self._connections is not None:
+            self._call(self._connections.close())
+
     def folders(self) -> dict[str, str | None]:
         """Each folder and its special use (`\\Sent`...), or None."""
         return dict(self._folders)

@@ -46,7 +46,7 @@ class Faults:
     drop_after_data: int = 0
 
 
-Hook = Callable[[], None]
+Hook = Callable[[str], None]  # given the transaction's first recipient
 
 
 class RecordingHandler:
@@ -137,7 +137,7 @@ class _HookedServer(SMTPServer):
     async def smtp_DATA(self, arg: str) -> None:
         hook = getattr(self.event_handler, "on_data_command", None)
         if hook is not None:
-            hook()
+            hook(self.envelope.rcpt_tos[0] if self.envelope.rcpt_tos else "")
         await super().smtp_DATA(arg)
 
 

@@ -131,29 +131,26 @@ def _arm(handler: RecordingHandler, mode: str, at: int, process: subprocess.Pope
         else:
             os.kill(process.pid, signal.SIGKILL)
 
-    rcpts: list[str] = []
     messages = len(handler.messages)
-
     mails: list[str] = []
+    datas: list[str] = []
 
     def on_mail(address: str) -> None:
         mails.append(address)
         if mode == "mail" and len(mails) == at:
             kill("")  # whose MAIL it was is worked out after (one connection: list order)
 
-    def on_rcpt(address: str) -> None:
-        rcpts.append(address)
-
-    def on_data_command() -> None:
-        if mode == "data" and len(rcpts) == at:
-            kill(rcpts[-1])
+    def on_data_command(address: str) -> None:
+        datas.append(address)
+        if mode == "data" and len(datas) == at:
+            kill(address)
 
     def on_message(message: Received) -> None:
         if mode in ("held", "replied") and len(handler.messages) - messages == at:
             kill(message.rcpt_tos[0])
 
-    handler.on_mail, handler.on_rcpt, handler.on_data_command, handler.on_message = \
-        on_mail, on_rcpt, on_data_command, on_message
+    handler.on_mail, handler.on_data_command, handler.on_message = \
+        on_mail, on_data_command, on_message
     return lambda: hit[0] if hit else None
 
 
