@@ -38,6 +38,7 @@ from .outbox import write_outbox
 from .outcome import Outcome, Status
 from .post import print_campaign
 from .recipients import Where
+from .report import render_report
 from .sender import Sender, SendSummary, Waiting
 from .sendlog import Entry, SendLog, open_log
 from .sentcopies import CopiesSummary, saves_sent
@@ -590,6 +591,40 @@ def _campaign_in(send_log: SendLog, name: str | None, location: Path) -> str | N
         raise ConfigError(f"no campaign {name!r} in {location}; it has: "
                           f"{', '.join(map(repr, known)) or 'none yet'}")
     return name
+
+
+@cli.command()
+@click.option("--log", "log_path", type=_PATH, help="Send log file [MAILER_LOG].")
+@click.option("--env-file", type=_PATH,
+              help="Settings file (MAILER_* keys) [default: .env, if there is one].")
+@click.option("--campaign", "campaign_name", metavar="NAME", callback=_text,
+              help="The campaign [default: the log's only one].")
+@click.option("-o", "--output", type=_PATH, default=Path("report.html"), show_default=True,
+              help="The HTML file to write.")
+def report(log_path: Path | None, env_file: Path | None, campaign_name: str | None,
+           output: Path) -> None:
+    """Write a campaign's report: one HTML file to share, that prints on A4.
+
+    Counts by state and by reply, sends and replies per day, and every recipient's fate.
+    It needs no network and runs no script.
+    """
+    settings = load_settings(env_file, log=log_path)
+    with open_log(settings.log, create=False) as send_log:
+        name = _campaign_in(send_log, campaign_name, settings.log)
+        if name is None:
+            known = send_log.campaigns()
+            if len(known) != 1:
+                raise ConfigError(f"{settings.log} has {plural(len(known), 'campaign')}"
+                                  + (f" ({', '.join(map(repr, known))}): choose one with "
+                                     "--campaign" if known else ": nothing to report yet"))
+            name = known[0]
+        page = render_report(send_log, name, now=time.time())
+    try:
+        output.write_text(page, encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"cannot write {output}: {error.strerror or error}; choose another "
+                          "file with --output") from None
+    click.echo(shown(f"Wrote the report of campaign {name!r} to {output}."))
 
 
 @cli.command("print")

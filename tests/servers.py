@@ -137,7 +137,8 @@ class _HookedServer(SMTPServer):
     async def smtp_DATA(self, arg: str) -> None:
         hook = getattr(self.event_handler, "on_data_command", None)
         if hook is not None:
-            hook(self.envelope.rcpt_tos[0] if self.envelope.rcpt_tos else "")
+            rcpts = self.envelope.rcpt_tos if self.envelope is not None else []
+            hook(rcpts[0] if rcpts else "")
         await super().smtp_DATA(arg)
 
 

@@ -17,7 +17,7 @@ COMMANDS = sorted(cli.commands)
 
 
 def test_the_cli_has_its_commands() -> None:
-    assert COMMANDS == ["check", "inbox", "init", "log", "print", "send", "sink"]
+    assert COMMANDS == ["check", "inbox", "init", "log", "print", "report", "send", "sink"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -280,3 +280,23 @@ def test_the_mailbox_login_is_the_smtp_one_unless_set_apart() -> None:
     with pytest.raises(ConfigError, match="set both MAILER_IMAP_USERNAME and "
                                           r"MAILER_IMAP_PASSWORD \(or"):
         mailbox_login(Settings(imap_username="olive"))
+
+
+def test_the_report_carries_what_the_mailbox_said(
+        sent: dict[str, str], imap_server: IMAPServer, run: Callable[..., Result],
+        files: CampaignFiles) -> None:
+    imap_server.add("INBOX", dsn(ADA, sent[ADA]))
+    imap_server.add("INBOX", answer(GRACE, sent[GRACE], subject="Re: <b>your</b> letter"))
+    run("inbox")
+    result = run("report")
+    assert result.out == "Wrote the report of campaign 'letter' to report.html.\n"
+    page = (files.root / "report.html").read_text(encoding="utf-8")
+    assert "Campaign report: letter" in page
+    assert "Re: &lt;b&gt;your&lt;/b&gt; letter" in page
+    assert "550 5.1.1" in page
+    assert "<script" not in page
+    run("send", "--yes", "--campaign", "second")
+    several = run("report", "-o", "x.html")
+    assert several.code == 2
+    assert several.err == ("error: mailer-log.sqlite3 has 2 campaigns ('letter', 'second'): "
+                           "choose one with --campaign\n")
