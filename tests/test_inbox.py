@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import CampaignFiles, Result, Server, imap_env
 from imapd import IMAPServer
+from trustme import CA
 
 from mailer.account import mailbox_login
 from mailer.errors import ConfigError
@@ -300,3 +301,14 @@ def test_the_report_carries_what_the_mailbox_said(
     assert several.code == 2
     assert several.err == ("error: mailer-log.sqlite3 has 2 campaigns ('letter', 'second'): "
                            "choose one with --campaign\n")
+
+
+def test_a_mailbox_on_starttls_is_read_after_tls_is_up(
+        sent: dict[str, str], ca: CA, ca_file: Path, run: Callable[..., Result],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    with IMAPServer(ca, security="starttls") as server:  # it refuses a login before TLS
+        server.add("INBOX", answer(GRACE, sent[GRACE]))
+        for key, value in {**imap_env(server, ca_file), "MAILER_IMAP_SECURITY": "starttls"
+                           }.items():
+            monkeypatch.setenv(key, value)
+        assert "1 reply from a person" in run("inbox").out
