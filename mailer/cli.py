@@ -40,7 +40,7 @@ from .post import print_campaign
 from .recipients import Where
 from .report import render_report
 from .sender import Sender, SendSummary, Waiting
-from .sendlog import Entry, SendLog, open_log
+from .sendlog import Entry, SendLog, Worker, existing_log, open_log
 from .sentcopies import CopiesSummary, saves_sent
 from .settings import PLACEHOLDER_FROM, PLACEHOLDER_NAME, Settings, load_settings
 from .sink import Received, Sink, start_sink
@@ -84,6 +84,11 @@ def _where(items: tuple[str, ...]) -> Where | None:
         return Where.parse(items) if items else None
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="'--where'") from None
+
+
+_log_option = click.option(
+    "--log", "log_path", metavar="FILE|URL", callback=_text,
+    help="The send log: a file, or a postgresql:// URL shared by workers [MAILER_LOG].")
 
 
 def _common(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -156,7 +161,7 @@ def check(recipients: Path, template: Path, env_file: Path | None, allow_duplica
               help="Send the first letter(s) to ADDRESS instead (a test; not logged).")
 @click.option("--campaign", "campaign_name", metavar="NAME", callback=_text,
               help="Campaign name in the send log [default: the template's file stem].")
-@click.option("--log", "log_path", type=_PATH, help="Send log file [MAILER_LOG].")
+@_log_option
 @click.option("--retry-failed", is_flag=True,
               help="Also resend letters that failed for good or bounced.")
 @click.option("--resend-unknown", is_flag=True,
@@ -186,7 +191,7 @@ def check(recipients: Path, template: Path, env_file: Path | None, allow_duplica
                    "[MAILER_SAVE_SENT].")
 def send(recipients: Path, template: Path, env_file: Path | None, allow_duplicates: bool,
          where: tuple[str, ...], dry_run: bool, limit: int | None, outbox: Path, yes: bool,
-         redirect_to: str | None, campaign_name: str | None, log_path: Path | None,
+         redirect_to: str | None, campaign_name: str | None, log_path: str | None,
          retry_failed: bool, resend_unknown: bool, rate: str | None,
          domain_rate: tuple[str, ...], concurrency: int | None, timeout: float | None,
          max_attempts: int | None, host: str | None, port: int | None, security: str | None,
@@ -234,7 +239,7 @@ def _dry_run(campaign: Campaign, settings: Settings, outbox: Path,
                    "before a live send.\n")
     for warning in _warnings(campaign):
         click.echo(shown(str(warning)), err=True)
-    log = open_log(settings.log, create=False) if settings.log.exists() else None
+    log = existing_log(settings.log)
     preview = Preview(campaign, log, options)
     written = 0
     shown_versions: set[str] = set()
@@ -252,7 +257,7 @@ def _dry_run(campaign: Campaign, settings: Settings, outbox: Path,
     for problem in report.problems:
         click.echo(str(problem), err=True)
     if log is not None:
-        click.echo(f"Send log {settings.log}: a live run now has {plan.explain()}.")
+        click.echo(f"Send log {settings.shown_log}: a live run now has {plan.explain()}.")
         if plan.examples:
             hidden = sum(plan.skipped.values()) - len(plan.examples)
             click.echo("Skipped by a live run:\n"
@@ -311,7 +316,7 @@ def _live_send(campaign: Campaign, options: SendOptions, yes: bool) -> None:
             _say_international(settings, plan.international)
         click.echo(f"From {settings.sender_name} <{settings.from_address}> via "
                    f"{_describe_server(settings)}, at {settings.rate} "
-                   f"with {settings.concurrency} connection(s). Log: {settings.log}")
+                   f"with {settings.concurrency} connection(s). Log: {settings.shown_log}")
         if copies:
             click.echo(f"A copy of each letter goes into the Sent folder at "
                        f"{settings.mailbox_host}:{settings.mailbox_port}.")
@@ -320,6 +325,9 @@ def _live_send(campaign: Campaign, options: SendOptions, yes: bool) -> None:
             _sending(delivery.send, progress.update)
     if delivery.copies is not None:
         _say_copies(delivery.copies.summary)
+    if delivery.elsewhere:
+        click.echo(f"{plural(delivery.elsewhere, 'letter')} due are held by another worker "
+                   "of this campaign, which sends them (mailer log shows the workers).")
     raise click.exceptions.Exit(_report(delivery.summary, delivery.missing,
                                         campaign.recipients_path))
 
@@ -455,7 +463,7 @@ _ATTENTION = (Status.BOUNCED, Status.FAILED, Status.DEFERRED, Status.UNKNOWN, St
 
 
 @cli.command()
-@click.option("--log", "log_path", type=_PATH, help="Send log file [MAILER_LOG].")
+@_log_option
 @click.option("--env-file", type=_PATH,
               help="Settings file (MAILER_* keys) [default: .env, if there is one].")
 @click.option("--campaign", "campaign_name", metavar="NAME", callback=_text,
@@ -470,7 +478,7 @@ _ATTENTION = (Status.BOUNCED, Status.FAILED, Status.DEFERRED, Status.UNKNOWN, St
               help="Only letters no person has answered (an automatic reply is no answer).")
 @click.option("--format", "output", type=click.Choice(["table", "csv", "json"]),
               default="table", show_default=True, help="Output format.")
-def log(log_path: Path | None, env_file: Path | None, campaign_name: str | None,
+def log(log_path: str | None, env_file: Path | None, campaign_name: str | None,
         statuses: tuple[str, ...], answered: str | None, output: str) -> None:
     """Review the send log: who got the letter, who did not, and why.
 
@@ -480,7 +488,7 @@ def log(log_path: Path | None, env_file: Path | None, campaign_name: str | None,
     settings = load_settings(env_file, log=log_path)
     send_log = open_log(settings.log, create=False)
     try:
-        name = _campaign_in(send_log, campaign_name, settings.log)
+        name = _campaign_in(send_log, campaign_name)
         campaigns = [name] if name else send_log.campaigns()
         wanted = [Status(s) for s in statuses] or (
             [Status.SENT, Status.UNKNOWN, Status.BOUNCED] if answered else list(_ATTENTION))
@@ -514,6 +522,7 @@ def log(log_path: Path | None, env_file: Path | None, campaign_name: str | None,
                                f"{summary.auto_replied} automatic")
                 if summary.on_paper:
                     click.echo(f"  {plural(summary.on_paper, 'letter')} printed for the post")
+                _show_workers(send_log.workers(name))
             title = "Recipients that need attention" if wanted == list(_ATTENTION) else (
                 {"replied": "Letters a person answered",
                  "none": "Letters no person has answered"}.get(answered or ""))
@@ -530,7 +539,7 @@ def log(log_path: Path | None, env_file: Path | None, campaign_name: str | None,
 
 
 @cli.command()
-@click.option("--log", "log_path", type=_PATH, help="Send log file [MAILER_LOG].")
+@_log_option
 @click.option("--env-file", type=_PATH,
               help="Settings file (MAILER_* keys) [default: .env, if there is one].")
 @click.option("--campaign", "campaign_name", metavar="NAME", callback=_text,
@@ -540,7 +549,7 @@ def log(log_path: Path | None, env_file: Path | None, campaign_name: str | None,
 @click.option("--since", type=click.DateTime(["%Y-%m-%d"]), metavar="YYYY-MM-DD",
               help="Read again every message since this day [default: what is new since "
                    "the last read, and nothing from before the first letter went].")
-def inbox(log_path: Path | None, env_file: Path | None, campaign_name: str | None,
+def inbox(log_path: str | None, env_file: Path | None, campaign_name: str | None,
           folders: tuple[str, ...], since: datetime | None) -> None:
     """Read your mailbox for bounces and replies to the letters, and record them.
 
@@ -549,7 +558,7 @@ def inbox(log_path: Path | None, env_file: Path | None, campaign_name: str | Non
     """
     settings = load_settings(env_file, log=log_path)
     with open_log(settings.log, create=False) as send_log:
-        campaign = _campaign_in(send_log, campaign_name, settings.log)
+        campaign = _campaign_in(send_log, campaign_name)
         first = send_log.first_sent(campaign)
         if first is None:
             click.echo("No letter has been sent yet: there is nothing to look for.")
@@ -584,24 +593,38 @@ def inbox(log_path: Path | None, env_file: Path | None, campaign_name: str | Non
                    "again with mailer send --retry-failed.")
 
 
-def _campaign_in(send_log: SendLog, name: str | None, location: Path) -> str | None:
+def _show_workers(workers: list[Worker]) -> None:
+    """The workers of a campaign on a shared log: what each sent, how fast, when last heard."""
+    if not workers:
+        return
+    click.echo(f"  {plural(len(workers), 'worker')}:")
+    for worker in workers:
+        counts = ", ".join(f"{n} {s}" for s, n in sorted(worker.counts.items())) or "nothing"
+        rate = f", {worker.rate_per_minute:.1f}/min" if worker.rate_per_minute else ""
+        state = (f"ended {worker.ended[:19]} ({worker.outcome})" if worker.ended
+                 else f"running, last heard {(worker.heartbeat or '')[:19]}")
+        click.echo(shown(f"    run {worker.run_id} (pid {worker.pid} on {worker.host}, "
+                         f"{worker.account}): {counts}{rate}; {state}", one_line=True))
+
+
+def _campaign_in(send_log: SendLog, name: str | None) -> str | None:
     """`name` if the log has that campaign (ConfigError listing those it has if not)."""
     known = send_log.campaigns()
     if name is not None and name not in known:
-        raise ConfigError(f"no campaign {name!r} in {location}; it has: "
+        raise ConfigError(f"no campaign {name!r} in {send_log.location}; it has: "
                           f"{', '.join(map(repr, known)) or 'none yet'}")
     return name
 
 
 @cli.command()
-@click.option("--log", "log_path", type=_PATH, help="Send log file [MAILER_LOG].")
+@_log_option
 @click.option("--env-file", type=_PATH,
               help="Settings file (MAILER_* keys) [default: .env, if there is one].")
 @click.option("--campaign", "campaign_name", metavar="NAME", callback=_text,
               help="The campaign [default: the log's only one].")
 @click.option("-o", "--output", type=_PATH, default=Path("report.html"), show_default=True,
               help="The HTML file to write.")
-def report(log_path: Path | None, env_file: Path | None, campaign_name: str | None,
+def report(log_path: str | None, env_file: Path | None, campaign_name: str | None,
            output: Path) -> None:
     """Write a campaign's report: one HTML file to share, that prints on A4.
 
@@ -610,11 +633,11 @@ def report(log_path: Path | None, env_file: Path | None, campaign_name: str | No
     """
     settings = load_settings(env_file, log=log_path)
     with open_log(settings.log, create=False) as send_log:
-        name = _campaign_in(send_log, campaign_name, settings.log)
+        name = _campaign_in(send_log, campaign_name)
         if name is None:
             known = send_log.campaigns()
             if len(known) != 1:
-                raise ConfigError(f"{settings.log} has {plural(len(known), 'campaign')}"
+                raise ConfigError(f"{send_log.location} has {plural(len(known), 'campaign')}"
                                   + (f" ({', '.join(map(repr, known))}): choose one with "
                                      "--campaign" if known else ": nothing to report yet"))
             name = known[0]
@@ -637,11 +660,11 @@ def report(log_path: Path | None, env_file: Path | None, campaign_name: str | No
               help="A row without an address is an error, not left out.")
 @click.option("--campaign", "campaign_name", metavar="NAME", callback=_text,
               help="Campaign name in the send log [default: the template's file stem].")
-@click.option("--log", "log_path", type=_PATH, help="Send log file [MAILER_LOG].")
+@_log_option
 def print_letters(recipients: Path, template: Path, env_file: Path | None,
                   allow_duplicates: bool, where: tuple[str, ...], output: Path,
                   paper: Literal["a4", "letter"], require_address: bool,
-                  campaign_name: str | None, log_path: Path | None) -> None:
+                  campaign_name: str | None, log_path: str | None) -> None:
     """Print the letters as one PDF for the post, each on pages of its own.
 
     Each row's postal address (its address column) sits in an envelope's window. The send
@@ -666,7 +689,7 @@ def print_letters(recipients: Path, template: Path, env_file: Path | None,
         raise InputError([Problem(str(recipients), None, "no row has an address to print; "
                                   "add an address column (its lines separated by |)")])
     click.echo(f"Printed {plural(printed.letters, 'letter')} ({plural(printed.pages, 'page')}) "
-               f"into {output}; each paper copy is recorded in {settings.log}.")
+               f"into {output}; each paper copy is recorded in {settings.shown_log}.")
 
 
 @cli.command()

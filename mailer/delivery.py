@@ -8,8 +8,9 @@
 Entering takes the log's lease (what a dead run left in flight becomes ``unknown``), builds
 every letter and registers each ``pending`` in one transaction (a single problem registers
 nothing and sends nothing), and plans which letters are due. `send` builds the due letters
-again, one at a time as a connection is free, and sends them. Leaving records how the run
-ended and gives the lease up.
+again, one at a time as a connection is free, claiming them a few at a time (on a shared
+log the workers of a campaign each send only what they claimed), and sends them. Leaving
+records how the run ended and gives the lease (and any claim left) up.
 """
 
 from __future__ import annotations
@@ -32,11 +33,15 @@ from .recipients import Recipient
 from .recorder import Recorder
 from .schedule import DAY, Clock, DailyLimit, SystemClock
 from .sender import Policy, Schedule, Sender, SendSummary, Waiting
-from .sendlog import Listed, Run, SendLog
+from .sendlog import STALE, Listed, Run, SendLog
 from .sentcopies import SentCopies, saves_sent
 
 # Letters whose states are looked up at once: one query each, little held in memory.
 _CHUNK = 256
+# Letters claimed at once: few, so that workers sharing a log take turns along the list.
+_CLAIM = 8
+# Seconds between looks at letters another worker holds, once this one has none left.
+_LOOK_AGAIN = 5.0
 _SHOWN_SKIPS = 20
 
 
@@ -107,6 +112,12 @@ class Plan:
             parts.append(f"{plural(self.repeated, 'row')} repeating an address (one letter per "
                          "address)")
         return f"{text}; skipping {', '.join(parts)}"
+
+
+def list_hash(campaign: Campaign) -> str:
+    """SHA-256 of the recipient list file, which every worker of a campaign must share."""
+    with campaign.recipients_path.open("rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 def template_hash(campaign: Campaign) -> str:
@@ -188,6 +199,8 @@ class Delivery:
         self.summary = SendSummary()
         # Due letters the send did not take, because the list changed during the run.
         self.missing = 0
+        # Due letters another worker (of a shared log) held when this run ended.
+        self.elsewhere = 0
         self.changed = False
         self._fingerprint: tuple[int, int, int] | None = None
         self._outcome = "stopped before sending"
@@ -199,7 +212,7 @@ class Delivery:
         settings = campaign.settings
         settings.require_sender(name="sender_name" in campaign.template.variables())
         self.run = self.log.begin_run(campaign.name, settings.public(), template_hash(campaign),
-                                      settings.account)
+                                      settings.account, list_hash(campaign))
         try:
             self._prepare()
         except BaseException as error:
@@ -227,25 +240,55 @@ class Delivery:
                 raise InputError(report.problems, f"{report.summary()}; nothing was sent")
         log.ensure_room(self.plan.due)
 
-    def _due_letters(self) -> Iterator[Letter]:
-        """The planned letters, built again one at a time as the sender takes them, while
-        the list is the one that was checked (a list edited during the run stops it)."""
-        due = self.plan.keys.copy()
-        path = self.campaign.recipients_path
-        for item in self.campaign.recipients():
-            if isinstance(item, Recipient) and item.email.casefold() not in due:
-                continue
-            if _fingerprint(path) != self._fingerprint:
-                self.changed = True
+    async def _due_letters(self, recorder: Recorder) -> AsyncIterator[Letter]:
+        """The planned letters this run claims, built again one at a time as the sender
+        takes them, while the list is the one that was checked (a list edited during the run
+        stops it). Letters another worker held go to this one if that worker dies: it looks
+        again until their leases would have expired."""
+        wanted = self.plan.keys.copy()
+        deadline = self.clock.monotonic() + STALE + Recorder.HEARTBEAT * 2
+        while True:
+            elsewhere: set[str] = set()
+            async for letter in self._claimed(recorder, wanted, elsewhere):
+                yield letter
+            if self.changed:
                 break
-            built = item if isinstance(item, Problem) else self.campaign.build_one(item)
-            if isinstance(built, Problem):
-                raise InputError([built], f"{path} changed since it was checked; run mailer "
-                                 "send again to check it")
-            due.discard(built.email.casefold())
-            yield built
-            del built  # not to keep a large letter alive while the next is built
-        self.missing = len(due)
+            found = await recorder.call(self.log.statuses, self.campaign.name, sorted(elsewhere))
+            wanted = {key for key, status in found.items() if self.options.due(status)}
+            self.elsewhere = len(wanted)
+            if not wanted or not await self.clock.sleep(_LOOK_AGAIN, asyncio.Event()) \
+                    or self.clock.monotonic() > deadline:
+                break
+        self.missing = len(wanted) if self.changed else 0
+
+    async def _claimed(self, recorder: Recorder, wanted: set[str],
+                       elsewhere: set[str]) -> AsyncIterator[Letter]:
+        """One pass over the list: each letter of `wanted` this run can claim (taken out
+        of `wanted`); into `elsewhere` those it could not, another worker's or gone."""
+        assert self.run is not None
+        path = self.campaign.recipients_path
+        states = [status for status in Status if self.options.due(status)]
+        rows = (item for item in self.campaign.recipients()
+                if not isinstance(item, Recipient) or item.email.casefold() in wanted)
+        while chunk := list(itertools.islice(rows, _CLAIM)):
+            keys = {item.email.casefold() for item in chunk if isinstance(item, Recipient)}
+            held = await recorder.call(self.log.claim, self.run, sorted(keys), states)
+            elsewhere |= keys - held
+            wanted -= keys - held
+            for item in chunk:
+                key = item.email.casefold() if isinstance(item, Recipient) else None
+                if key is not None and (key not in held or key not in wanted):
+                    continue  # not this run's, or a repeated address's letter already went
+                if _fingerprint(path) != self._fingerprint:
+                    self.changed = True
+                    return
+                built = item if isinstance(item, Problem) else self.campaign.build_one(item)
+                if isinstance(built, Problem):
+                    raise InputError([built], f"{path} changed since it was checked; run "
+                                     "mailer send again to check it")
+                wanted.discard(built.email.casefold())
+                yield built
+                del built  # not to keep a large letter alive while the next is built
 
     def schedule(self) -> Schedule:
         """When this run may send: the window, and what is left of the account's daily
@@ -270,7 +313,7 @@ class Delivery:
             sender = Sender(settings, recorder, policy=self.policy, schedule=self.schedule(),
                             clock=self.clock, copies=self.copies)
             self.summary = sender.summary
-            async for event in sender.send(self._due_letters(), stop):
+            async for event in sender.send(self._due_letters(recorder), stop):
                 yield event
         self._outcome = ("interrupted" if self.summary.interrupted
                          else f"paused: {self.summary.paused}" if self.summary.paused

@@ -21,7 +21,7 @@ from datetime import UTC, date, datetime, timedelta
 from .campaign import plural
 from .display import shown
 from .outcome import Status
-from .sendlog import CampaignSummary, Entry, SendLog
+from .sendlog import CampaignSummary, Entry, SendLog, Worker
 
 # The states as an organiser reads them: what went, what came back, what is left to do.
 _STATES = (Status.SENT, Status.BOUNCED, Status.UNKNOWN, Status.DEFERRED, Status.FAILED,
@@ -167,7 +167,8 @@ def render_report(log: SendLog, campaign: str, *, now: float) -> str:
         '<a href="#per-day">Per day</a><a href="#recipients">Recipients</a>'
         '<a href="#meaning">What the numbers mean</a></nav></header>\n',
         '<section class="charts">\n', _states(summary, listed), _replies(summary, tally),
-        '</section>\n', _per_day(tally), _recipients(tally, listed), _FOOTER,
+        '</section>\n', _per_day(tally), _workers(log.workers(campaign)),
+        _recipients(tally, listed), _FOOTER,
         "\n</body></html>\n",
     ])
 
@@ -400,6 +401,22 @@ def _row(entry: Entry) -> str:
         server = _e(f"{entry.reply_code or ''} {entry.reply_text or ''}".strip())
     return (f"<tr><td>{entry.line or ''}</td><td>{_e(entry.address)}</td><td>{state}</td>"
             f"<td>{_when(entry.last_attempt)}</td><td>{reply}</td><td>{server}</td></tr>\n")
+
+
+def _workers(workers: list[Worker]) -> str:
+    """The runs that shared the campaign (a shared log only): who sent how many, how fast."""
+    if not workers:
+        return ""
+    rows = "".join(
+        f"<tr><td>{w.run_id}</td><td>{_e(w.account)}</td><td>{_e(w.host)} ({w.pid})</td>"
+        f"<td>{', '.join(f'{n:,} {_e(s)}' for s, n in sorted(w.counts.items())) or '-'}</td>"
+        f"<td>{f'{w.rate_per_minute:,.1f}' if w.rate_per_minute else '-'}</td>"
+        f"<td>{_when(w.started)}</td><td>{_when(w.ended) if w.ended else 'running'}"
+        f"{f' ({_e(w.outcome)})' if w.outcome else ''}</td></tr>\n" for w in workers)
+    return ('<section id="workers"><h2>Workers</h2>\n<table class="list">\n<thead><tr>'
+            "<th>Run</th><th>Account</th><th>Machine (pid)</th><th>Letters</th>"
+            "<th>Letters/min</th><th>Started (UTC)</th><th>Ended</th></tr></thead>\n<tbody>\n"
+            + rows + "</tbody></table></section>\n")
 
 
 def _recipients(tally: _Tally, listed: int) -> str:

@@ -8,28 +8,43 @@ What every store (`SQLiteLog`, the default) guarantees:
 2. After the server's reply the letter's outcome replaces ``sending``.
 3. A run that finds ``sending`` rows left by a run that is no longer alive makes them
    ``unknown``: the server may have them, so they are not sent again unless asked.
-4. One run at a time holds a log's lease: a row in ``runs`` with its host, pid and a
-   heartbeat. Every mark is committed in a transaction that first renews that lease, so a
-   run whose lease was taken over (found dead) can send nothing more.
+4. A run holds a lease: a row in ``runs`` with its host, pid and a heartbeat. Every mark is
+   committed in a transaction that first renews it, so a run whose lease was taken over
+   (found dead) can send nothing more. On SQLite one run at a time holds the whole log; on
+   PostgreSQL (`shared`) several runs, workers, send one campaign together.
+5. A run sends only letters it has claimed (`claim`), and no letter is claimed by two live
+   runs; a dead run's claims go back to the others.
 
 Nothing outside a store writes SQL; a store is used by one thread at a time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import contextlib
+import os
+import socket
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
+from .errors import ConfigError
 from .outcome import Outcome, Status
+from .settings import is_url
+
+# A lease not renewed for this long belongs to a run that is not sending any more.
+STALE = 60.0
 
 
 def stamp(when: float) -> str:
     """A Unix time as the log stores times: UTC, ISO 8601, to the millisecond."""
     return datetime.fromtimestamp(when, UTC).isoformat(timespec="milliseconds")
+
+
+def stamp_or(when: float | None, default: str) -> str:
+    return default if when is None else stamp(when)
 
 
 class Listed(NamedTuple):
@@ -55,6 +70,28 @@ class Holder:
         return (f"run {self.run_id} (pid {self.pid} on {self.host}, started "
                 f"{_readable(self.started)}, last heard of {_readable(self.heartbeat)})")
 
+    def why_stale(self, now: float) -> str:
+        """Why this run is not sending any more, or "" if it may be."""
+        if self.host == socket.gethostname() and not _alive(self.pid):
+            return "its process is gone"
+        silent = now - datetime.fromisoformat(self.heartbeat).timestamp()
+        if silent > STALE:
+            return f"it has not been heard of for {silent / 60:.0f} minute(s)"
+        return ""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A killed process nobody has reaped yet (a zombie) still answers to its pid.
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] not in "ZX"
+    return True
+
 
 def _readable(stored: str) -> str:
     return stored[:19].replace("T", " ") + " UTC"
@@ -70,6 +107,22 @@ class Run:
     replaced: Holder | None = None
     replaced_because: str = ""
     settled: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Worker:
+    """A run of a campaign, as `mailer log` shows the workers that share it."""
+
+    run_id: int
+    host: str
+    pid: int
+    account: str
+    started: str
+    heartbeat: str | None
+    ended: str | None  # None while it runs
+    outcome: str | None
+    counts: dict[Status, int]
+    rate_per_minute: float | None  # between its first and last letter sent
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +186,8 @@ class SendLog(Protocol):
     """What the sender, `mailer log` and `mailer send --dry-run` need of a store."""
 
     location: str
+    # Whether several runs may send one campaign at once (each holding its own lease).
+    shared: bool
 
     def close(self) -> None: ...
 
@@ -149,9 +204,21 @@ class SendLog(Protocol):
     # -- a run --------------------------------------------------------------------------
 
     def begin_run(self, campaign: str, settings: Mapping[str, str], template_sha256: str,
-                  account: str = "") -> Run:
-        """Take the lease (LogLocked if a live run holds it), settle what dead runs left
-        ``sending`` and record the run's start, from `account`."""
+                  account: str = "", list_sha256: str = "") -> Run:
+        """Take a lease (LogLocked if a live run holds the log and it is not shared;
+        ConfigError if a live worker sends the campaign from another list or template),
+        settle what dead runs left ``sending`` and record the run's start, from
+        `account`."""
+        ...
+
+    def claim(self, run: Run, emails: Sequence[str], statuses: Collection[Status]
+              ) -> set[str]:
+        """Of these casefolded addresses, those this run now holds: in one of `statuses`
+        and not claimed by another live run."""
+        ...
+
+    def workers(self, campaign: str) -> list[Worker]:
+        """The runs of a campaign that shared it (on a shared log), the latest last."""
         ...
 
     def sent_since(self, account: str, since: float) -> list[float]:
@@ -230,8 +297,23 @@ class SendLog(Protocol):
         ...
 
 
-def open_log(location: Path, *, create: bool = True) -> SendLog:
-    """Open (creating or migrating) the send log at `location`."""
+def open_log(location: str | Path, *, create: bool = True) -> SendLog:
+    """Open (creating or migrating) the send log at `location`: a file, or a postgresql://
+    URL (with the `postgresql` extra installed)."""
+    if isinstance(location, str) and is_url(location):
+        try:
+            from .pglog import PostgresLog
+        except ImportError:
+            raise ConfigError("a postgresql:// send log needs psycopg: pip install "
+                              "'mailer[postgresql]'") from None
+        return PostgresLog.open(location, create=create)
     from .sqlitelog import SQLiteLog
 
-    return SQLiteLog.open(location, create=create)
+    return SQLiteLog.open(Path(location), create=create)
+
+
+def existing_log(location: str) -> SendLog | None:
+    """The send log at `location` if there is one (a dry run creates none)."""
+    if not is_url(location) and not Path(location).exists():
+        return None
+    return open_log(location, create=False)

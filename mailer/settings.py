@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import unquote
 from zoneinfo import ZoneInfo
 
 from dotenv import dotenv_values
@@ -33,6 +34,8 @@ from .template import CONTROL, LINE_BREAK
 PLACEHOLDER_FROM = "organiser@campaign.example"
 PLACEHOLDER_NAME = "Campaign Organiser (placeholder)"
 
+# What a URL's query may hold that no message may show.
+_URL_SECRETS = ("password", "sslpassword")
 _RATE_UNITS = {"s": 1.0, "sec": 1.0, "second": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0,
                "h": 3600.0, "hour": 3600.0}
 _RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:/\s*([a-z]+?)s?)?\s*$")
@@ -159,7 +162,8 @@ class Settings(BaseModel):
     daily_limit: int | None = Field(None, ge=1)
     window: Window | None = None
     window_tz: str | None = None
-    log: Path = Path("mailer-log.sqlite3")
+    # A file (SQLite), or a postgresql:// URL for a log that several workers share.
+    log: str = "mailer-log.sqlite3"
 
     @model_validator(mode="before")
     @classmethod
@@ -289,13 +293,48 @@ class Settings(BaseModel):
     def mailbox_port(self) -> int:
         return self.imap_port or (993 if self.imap_security == "tls" else 143)
 
+    @property
+    def shown_log(self) -> str:
+        """The log's location as it may be shown: a URL without its password."""
+        return shown_location(self.log)
+
     def public(self) -> dict[str, str]:
         """The settings worth recording with a run: everything but secrets."""
         shown = {name: str(getattr(self, name)) for name in type(self).model_fields
                  if name not in SECRETS}
+        shown["log"] = self.shown_log
         shown["smtp_security"] = self.security
         shown["domain_rates"] = ",".join(f"{d}={r}" for d, r in self.domain_rates.items())
         return shown
+
+
+def is_url(location: str) -> bool:
+    """Whether a log's location is a PostgreSQL URL rather than a file."""
+    return location.startswith(("postgresql://", "postgres://"))
+
+
+def shown_location(location: str) -> str:
+    """A log's location without the password a URL may hold."""
+    return hide_password(location)[0] if is_url(location) else location
+
+
+def hide_password(url: str) -> tuple[str, list[str]]:
+    """The URL without its password, to show; and the password's spellings, to keep out of
+    every message (libpq's own quote a URL it cannot read). Up to the last @ is the user's,
+    even in a URL that leaves a / or @ of the password unescaped."""
+    scheme, _, rest = url.partition("://")
+    rest, _, query = rest.partition("?")
+    userinfo, at, place = rest.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    pieces = query.split("&") if query else []
+    hidden = [piece for piece in pieces if unquote(piece.partition("=")[0]) in _URL_SECRETS]
+    secrets = [password, *(piece.partition("=")[2] for piece in hidden)]
+    query = "&".join(piece for piece in pieces if piece not in hidden)
+    shown = f"{scheme}://{user}{at}{place}" + (f"?{query}" if query else "")
+    spellings = {spelling for secret in secrets if secret
+                 for spelling in (secret, unquote(secret))}
+    # The longest first, so that no part of one is left when a shorter one is replaced.
+    return shown, sorted(spellings, key=len, reverse=True)
 
 
 def postal_lines(text: str) -> tuple[str, ...]:

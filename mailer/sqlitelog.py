@@ -19,18 +19,16 @@ import socket
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
 from .errors import LeaseLost, LogError, LogLocked
 from .outcome import Outcome, Status
-from .sendlog import CampaignSummary, Entry, Holder, Listed, Run, stamp
+from .sendlog import CampaignSummary, Entry, Holder, Listed, Run, Worker, stamp, stamp_or
 
-SCHEMA_VERSION = 7
-# A lease not renewed for this long belongs to a run that is not sending any more.
-STALE = 60.0
+SCHEMA_VERSION = 8
 # Room a run needs on the log's disk: the write-ahead log's most, and each letter's outcome.
 _ROOM = 8 << 20
 _ROOM_PER_LETTER = 2048
@@ -55,23 +53,27 @@ _SCHEMA = (
         account TEXT                    -- MAILER_FROM via the server: whose quota it used
     )""",
 )
-# Schema 7: what became of a letter after the server took it (a bounce, a reply, read in the
-# sender's mailbox), its paper copy, and how far each mailbox folder has been read.
-_STEPS = {7: (
-    "ALTER TABLE letters ADD COLUMN bounce_status TEXT",
-    "ALTER TABLE letters ADD COLUMN bounce_text TEXT",
-    "ALTER TABLE letters ADD COLUMN bounced_at TEXT",
-    "ALTER TABLE letters ADD COLUMN reply TEXT",  # 'replied' or 'auto-replied'
-    "ALTER TABLE letters ADD COLUMN reply_at TEXT",
-    "ALTER TABLE letters ADD COLUMN reply_from TEXT",
-    "ALTER TABLE letters ADD COLUMN reply_subject TEXT",
-    "ALTER TABLE letters ADD COLUMN paper_at TEXT",
-    "ALTER TABLE letters ADD COLUMN paper_pages INTEGER",
-    """CREATE TABLE mailbox (
-        folder TEXT PRIMARY KEY, uidvalidity INTEGER NOT NULL, last_uid INTEGER NOT NULL,
-        read_at TEXT NOT NULL
-    )""",
-)}
+_STEPS = {
+    # Schema 7: what became of a letter after the server took it (a bounce, a reply, read in
+    # the sender's mailbox), its paper copy, and how far each mailbox folder has been read.
+    7: (
+        "ALTER TABLE letters ADD COLUMN bounce_status TEXT",
+        "ALTER TABLE letters ADD COLUMN bounce_text TEXT",
+        "ALTER TABLE letters ADD COLUMN bounced_at TEXT",
+        "ALTER TABLE letters ADD COLUMN reply TEXT",  # 'replied' or 'auto-replied'
+        "ALTER TABLE letters ADD COLUMN reply_at TEXT",
+        "ALTER TABLE letters ADD COLUMN reply_from TEXT",
+        "ALTER TABLE letters ADD COLUMN reply_subject TEXT",
+        "ALTER TABLE letters ADD COLUMN paper_at TEXT",
+        "ALTER TABLE letters ADD COLUMN paper_pages INTEGER",
+        """CREATE TABLE mailbox (
+            folder TEXT PRIMARY KEY, uidvalidity INTEGER NOT NULL, last_uid INTEGER NOT NULL,
+            read_at TEXT NOT NULL
+        )""",
+    ),
+    # Schema 8: a run records its list's hash, which the workers of a shared log compare.
+    8: ("ALTER TABLE runs ADD COLUMN list_sha256 TEXT",),
+}
 # Schema 6: a run names its account, for the daily limit.
 _ACCOUNTS = ("""UPDATE runs SET account = json_extract(settings, '$.from_address') || ' via ' ||
     json_extract(settings, '$.smtp_host') WHERE account IS NULL""")
@@ -122,6 +124,7 @@ class SQLiteLog:
     def __init__(self, path: Path, connection: sqlite3.Connection) -> None:
         self.path = path
         self.location = str(path)
+        self.shared = False
         self._db = connection
 
     @classmethod
@@ -245,7 +248,7 @@ class SQLiteLog:
 
     @_reported
     def begin_run(self, campaign: str, settings: Mapping[str, str], template_sha256: str,
-                  account: str = "") -> Run:
+                  account: str = "", list_sha256: str = "") -> Run:
         now = time.time()
         replaced: Holder | None = None
         because = ""
@@ -254,7 +257,7 @@ class SQLiteLog:
                     "SELECT id, host, pid, started, heartbeat FROM runs "
                     "WHERE ended IS NULL AND heartbeat IS NOT NULL").fetchall():
                 holder = Holder(*row)
-                because = _why_stale(holder, now)
+                because = holder.why_stale(now)
                 if not because:
                     raise LogLocked(f"another mailer send is using {self.path}: "
                                     f"{holder.describe()}; wait for it to finish, or stop it, "
@@ -267,11 +270,20 @@ class SQLiteLog:
                                        "attempts = attempts + 1 WHERE status = 'sending'")
             cursor = self._db.execute(
                 "INSERT INTO runs (campaign, started, settings, template_sha256, host, pid, "
-                "heartbeat, account) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?2, ?7)",
+                "heartbeat, account, list_sha256) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?2, ?7, ?8)",
                 (campaign, stamp(now), json.dumps(dict(settings)), template_sha256,
-                 socket.gethostname(), os.getpid(), account))
+                 socket.gethostname(), os.getpid(), account, list_sha256))
         assert cursor.lastrowid is not None
         return Run(cursor.lastrowid, campaign, replaced, because, settled.rowcount)
+
+    def claim(self, run: Run, emails: Sequence[str], statuses: Collection[Status]
+              ) -> set[str]:
+        # The run holds the whole log: every due letter is its own.
+        return {email for email, status in self.statuses(run.campaign, emails).items()
+                if status in statuses}
+
+    def workers(self, campaign: str) -> list[Worker]:
+        return []  # one run at a time: `mailer log` shows no workers
 
     @_reported
     def ensure_room(self, letters: int) -> None:
@@ -312,8 +324,8 @@ class SQLiteLog:
                 raise self._lease_lost(run)
             self._db.executemany(_MARK, ((run.id, now, run.campaign, key) for key in sending))
             self._db.executemany(_OUTCOME, (
-                (o.status.value, o.attempts, _stamp(o.first_try, now),
-                 _stamp(o.last_try, now), o.code, o.reply[:1000],
+                (o.status.value, o.attempts, stamp_or(o.first_try, now),
+                 stamp_or(o.last_try, now), o.code, o.reply[:1000],
                  o.sha256 or None, run.id, run.campaign, o.letter.email.casefold())
                 for o in outcomes))
 
@@ -448,33 +460,6 @@ class SQLiteLog:
                 yield Entry(row[0], row[1], row[2], Status(row[3]), *row[4:])
         except sqlite3.Error as error:
             raise log_error(self.path, error) from None
-
-
-def _stamp(when: float | None, default: str) -> str:
-    return default if when is None else stamp(when)
-
-
-def _why_stale(holder: Holder, now: float) -> str:
-    """Why the lease's holder is not sending any more, or "" if it may be."""
-    if holder.host == socket.gethostname() and not _alive(holder.pid):
-        return "its process is gone"
-    silent = now - datetime.fromisoformat(holder.heartbeat).timestamp()
-    if silent > STALE:
-        return f"it has not been heard of for {silent / 60:.0f} minute(s)"
-    return ""
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A killed process nobody has reaped yet (a zombie) still answers to its pid.
-    with contextlib.suppress(OSError):
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] not in "ZX"
-    return True
 
 
 def _boot_id() -> str | None:

@@ -24,6 +24,8 @@ from mailer.sendlog import Entry, Listed, SendLog
 from mailer.settings import Rate, Settings
 from mailer.sqlitelog import SQLiteLog
 
+pytest_plugins = ["pg"]  # tests/pg.py: a PostgreSQL server for the shared log's tests
+
 REPO = Path(__file__).resolve().parent.parent
 STARTER = REPO / "mailer" / "starter"
 

@@ -75,7 +75,8 @@ def test_a_new_log_is_sqlite_in_wal_mode_with_the_latest_schema(tmp_path: Path) 
                        "reply_from", "reply_subject", "paper_at", "paper_pages"]
     columns = [row[1] for row in _query(path, "PRAGMA table_info(runs)")]
     assert columns == ["id", "campaign", "started", "ended", "settings", "template_sha256",
-                       "outcome", "counts", "host", "pid", "heartbeat", "account"]
+                       "outcome", "counts", "host", "pid", "heartbeat", "account",
+                       "list_sha256"]
     assert _query(path, "SELECT name FROM sqlite_master WHERE name = 'reservations'") == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["log.sqlite3"]  # no lock file
 
