@@ -91,6 +91,11 @@ _log_option = click.option(
     help="The send log: a file, or a postgresql:// URL shared by workers [MAILER_LOG].")
 
 
+_env_file_option = click.option(
+    "--env-file", type=_PATH,
+    help="Settings file (MAILER_* keys) [default: .env, if there is one].")
+
+
 def _common(command: Callable[..., Any]) -> Callable[..., Any]:
     """Options every campaign command shares: which list, which template, which settings."""
     for option in reversed([
@@ -464,8 +469,7 @@ _ATTENTION = (Status.BOUNCED, Status.FAILED, Status.DEFERRED, Status.UNKNOWN, St
 
 @cli.command()
 @_log_option
-@click.option("--env-file", type=_PATH,
-              help="Settings file (MAILER_* keys) [default: .env, if there is one].")
+@_env_file_option
 @click.option("--campaign", "campaign_name", metavar="NAME", callback=_text,
               help="Only this campaign.")
 @click.option("--status", "statuses", multiple=True,
@@ -540,8 +544,7 @@ def log(log_path: str | None, env_file: Path | None, campaign_name: str | None,
 
 @cli.command()
 @_log_option
-@click.option("--env-file", type=_PATH,
-              help="Settings file (MAILER_* keys) [default: .env, if there is one].")
+@_env_file_option
 @click.option("--campaign", "campaign_name", metavar="NAME", callback=_text,
               help="Only this campaign's letters [default: every campaign in the log].")
 @click.option("--folder", "folders", multiple=True, metavar="NAME", callback=_texts,
@@ -618,8 +621,7 @@ def _campaign_in(send_log: SendLog, name: str | None) -> str | None:
 
 @cli.command()
 @_log_option
-@click.option("--env-file", type=_PATH,
-              help="Settings file (MAILER_* keys) [default: .env, if there is one].")
+@_env_file_option
 @click.option("--campaign", "campaign_name", metavar="NAME", callback=_text,
               help="The campaign [default: the log's only one].")
 @click.option("-o", "--output", type=_PATH, default=Path("report.html"), show_default=True,

@@ -40,8 +40,9 @@ from .sentcopies import SentCopies, saves_sent
 _CHUNK = 256
 # Letters claimed at once: few, so that workers sharing a log take turns along the list.
 _CLAIM = 8
-# Seconds between looks at letters another worker holds, once this one has none left.
-_LOOK_AGAIN = 5.0
+# Seconds between looks at letters another worker holds, once this one has none left: soon
+# (they are most likely in flight, done in a moment), then less often (it may have died).
+_LOOK_AGAIN = (0.25, 5.0)
 _SHOWN_SKIPS = 20
 
 
@@ -247,6 +248,7 @@ class Delivery:
         again until their leases would have expired."""
         wanted = self.plan.keys.copy()
         deadline = self.clock.monotonic() + STALE + Recorder.HEARTBEAT * 2
+        pause = _LOOK_AGAIN[0]
         while True:
             elsewhere: set[str] = set()
             async for letter in self._claimed(recorder, wanted, elsewhere):
@@ -256,9 +258,10 @@ class Delivery:
             found = await recorder.call(self.log.statuses, self.campaign.name, sorted(elsewhere))
             wanted = {key for key, status in found.items() if self.options.due(status)}
             self.elsewhere = len(wanted)
-            if not wanted or not await self.clock.sleep(_LOOK_AGAIN, asyncio.Event()) \
+            if not wanted or not await self.clock.sleep(pause, asyncio.Event()) \
                     or self.clock.monotonic() > deadline:
                 break
+            pause = min(pause * 2, _LOOK_AGAIN[1])
         self.missing = len(wanted) if self.changed else 0
 
     async def _claimed(self, recorder: Recorder, wanted: set[str],
