@@ -92,7 +92,7 @@ def _child(count: int, log_on: bool) -> None:
     letters = list(campaign.letters())[:count]  # built before timing
 
     async def send() -> SendSummary:
-        log = SQLiteLog.open(settings.log)
+        log = SQLiteLog.open(Path(settings.log))
         run = log.begin_run("bench", {}, "x")
         log.register("bench", [Listed(x.email, x.line, x.message_id) for x in letters], "x")
         async with contextlib.AsyncExitStack() as stack:

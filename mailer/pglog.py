@@ -304,9 +304,12 @@ class PostgresLog:
     def claim(self, run: Run, emails: Sequence[str], statuses: Collection[Status]) -> set[str]:
         """Of these recipients of the run's campaign, the ones this run now holds: those in
         one of `statuses` that no other live run holds (one another run is claiming just
-        now is left to it). LeaseLost if this run was found dead."""
+        now is left to it), once the co-workers found dead are ended. LeaseLost if this run
+        was found dead."""
         with self._one_trip():
             renewed = self._db.execute(_RENEW, (run.id,))
+            # A worker with nothing left looks again: that is when a dead one's letters free.
+            self._db.execute(_BURY, {"stale": timedelta(seconds=STALE), "gone": []})
             claimed = self._db.execute(_CLAIM, {
                 "run": run.id, "campaign": run.campaign,
                 "emails": [email.casefold() for email in emails],

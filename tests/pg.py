@@ -57,6 +57,13 @@ def binaries() -> Path:
     return Path(initdb).parent
 
 
+def query(url: str, sql: str, *parameters: object) -> list[tuple[object, ...]]:
+    """Read or change the log with a connection of its own, as any other program would."""
+    with psycopg.connect(url, autocommit=True) as db:
+        cursor = db.execute(sql, parameters or None)
+        return cursor.fetchall() if cursor.description else []
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

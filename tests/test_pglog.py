@@ -12,10 +12,9 @@ import threading
 import time
 from collections.abc import Iterator
 
-import psycopg
 import pytest
 from conftest import listed, make_letters, status_of
-from pg import PG_PASSWORD, PG_USER, PgServer
+from pg import PG_PASSWORD, PG_USER, PgServer, query
 
 from mailer.errors import ConfigError, LeaseLost, LogError
 from mailer.message import Letter
@@ -28,13 +27,6 @@ DUE = (Status.PENDING, Status.DEFERRED)
 T0 = 1_800_000_000.0  # 2027-01-15 08:00 UTC
 # No process has this pid: it is above any system's pid_max.
 GONE = 2**31 - 1
-
-
-def _query(url: str, sql: str, *parameters: object) -> list[tuple[object, ...]]:
-    """Read the log with a connection of its own, as any other program would."""
-    with psycopg.connect(url, autocommit=True) as db:
-        cursor = db.execute(sql, parameters or None)
-        return cursor.fetchall() if cursor.description else []
 
 
 @pytest.fixture
@@ -58,7 +50,7 @@ def _emails(letters: list[Letter]) -> list[str]:
 
 def _silence(url: str, run: Run) -> None:
     """Make `run` look as a worker that stopped two minutes ago does."""
-    _query(url, "UPDATE runs SET heartbeat = heartbeat - interval '2 minutes' WHERE id = %s",
+    query(url, "UPDATE runs SET heartbeat = heartbeat - interval '2 minutes' WHERE id = %s",
            run.id)
 
 
@@ -67,10 +59,10 @@ def test_a_new_log_has_sqlites_tables_plus_claims_and_durable_commits(pg_url: st
     # Every commit is on the server's disk before it returns.
     assert log._db.execute("SHOW synchronous_commit").fetchone() == ("on",)
     log.close()
-    assert _query(pg_url, "SELECT version FROM mailer_schema") == [(SCHEMA_VERSION,)]
+    assert query(pg_url, "SELECT version FROM mailer_schema") == [(SCHEMA_VERSION,)]
 
     def columns(table: str) -> list[object]:
-        return [name for (name,) in _query(
+        return [name for (name,) in query(
             pg_url, "SELECT column_name FROM information_schema.columns WHERE table_name = %s "
             "ORDER BY ordinal_position", table)]
 
@@ -92,12 +84,12 @@ def test_a_database_without_a_log_is_not_made_one_unless_asked(pg_url: str) -> N
         PostgresLog.open(pg_url, create=False)
     assert str(caught.value) == (f"no send log in {pg_url}; nothing has been sent with this "
                                  "log yet")
-    assert _query(pg_url, "SELECT to_regclass('letters')") == [(None,)]
+    assert query(pg_url, "SELECT to_regclass('letters')") == [(None,)]
 
 
 def test_a_log_written_by_a_newer_mailer_is_refused_untouched(pg_url: str) -> None:
     PostgresLog.open(pg_url).close()
-    _query(pg_url, "UPDATE mailer_schema SET version = version + 1")
+    query(pg_url, "UPDATE mailer_schema SET version = version + 1")
     with pytest.raises(LogError) as caught:
         PostgresLog.open(pg_url)
     assert str(caught.value) == (f"{pg_url} was written by a newer mailer (schema "
@@ -105,7 +97,7 @@ def test_a_log_written_by_a_newer_mailer_is_refused_untouched(pg_url: str) -> No
 
 
 def test_a_database_holding_another_programs_tables_is_refused(pg_url: str) -> None:
-    _query(pg_url, "CREATE TABLE letters (id integer)")
+    query(pg_url, "CREATE TABLE letters (id integer)")
     with pytest.raises(LogError, match=r"holds tables of another program \(.*\); give the "
                                        r"send log a database of its own"):
         PostgresLog.open(pg_url)
@@ -119,10 +111,10 @@ def test_a_recipient_has_one_row_per_campaign_whatever_the_case(log: PostgresLog
     assert log.register("one", [*listed(letters), shouting], "hash") == 0
     assert log.register("two", [shouting, *listed(letters)], "hash") == 3
     assert log.register("two", [], "hash") == 0
-    assert _query(pg_url, "SELECT campaign, count(*) FROM letters GROUP BY campaign "
+    assert query(pg_url, "SELECT campaign, count(*) FROM letters GROUP BY campaign "
                   "ORDER BY campaign") == [("one", 3), ("two", 3)]
     # The first spelling in the list is the one kept.
-    assert _query(pg_url, "SELECT campaign, address, line FROM letters WHERE email = %s "
+    assert query(pg_url, "SELECT campaign, address, line FROM letters WHERE email = %s "
                   "ORDER BY campaign", "person0@example.org") == \
         [("one", "person0@example.org", 2), ("two", "PERSON0@EXAMPLE.ORG", 9)]
 
@@ -139,7 +131,7 @@ def test_a_mark_is_committed_before_commit_returns(pg_url: str) -> None:
     log, run = _worker(pg_url, letters)
     assert log.claim(run, _emails(letters), DUE) == set(_emails(letters))
     log.commit(run, [letters[0].email], [], T0)
-    assert _query(pg_url, "SELECT email, status, run_id, claimed_by, first_attempt FROM letters "
+    assert query(pg_url, "SELECT email, status, run_id, claimed_by, first_attempt FROM letters "
                   "ORDER BY line") == [
         ("person0@example.org", "sending", run.id, run.id, "2027-01-15T08:00:00.000+00:00"),
         ("person1@example.org", "pending", None, run.id, None)]
@@ -159,7 +151,7 @@ def test_an_outcome_records_tries_times_reply_and_hash(pg_url: str) -> None:
             entry.message_id, entry.reply_code, entry.reply_text) == \
         (Status.SENT, 1, stamp(T0 - 1), stamp(T0 + 2), "<0@example.org>", 250,
          "2.0.0 OK: queued")
-    assert _query(pg_url, "SELECT message_sha256, template_sha256, run_id FROM letters") == \
+    assert query(pg_url, "SELECT message_sha256, template_sha256, run_id FROM letters") == \
         [(hashlib.sha256(letters[0].data).hexdigest(), "hash", run.id)]
     log.close()
 
@@ -171,7 +163,7 @@ def test_workers_of_one_campaign_run_together(pg_url: str) -> None:
     first, one = _worker(pg_url, make_letters(2))
     second, two = _worker(pg_url, make_letters(2))
     assert (two.replaced, one.id != two.id) == (None, True)
-    assert _query(pg_url, "SELECT id, account, list_sha256, template_sha256, host, pid, "
+    assert query(pg_url, "SELECT id, account, list_sha256, template_sha256, host, pid, "
                   "ended FROM runs ORDER BY id") == [
         (run.id, "olive@example.org via smtp", "list", "hash", socket.gethostname(),
          os.getpid(), None) for run in (one, two)]
@@ -200,7 +192,7 @@ def test_two_workers_claiming_at_once_never_share_a_letter_and_take_them_all(
         thread.join()
     assert taken[0].isdisjoint(taken[1])
     assert taken[0] | taken[1] == set(emails)
-    held = _query(pg_url, "SELECT claimed_by, count(*) FROM letters GROUP BY claimed_by "
+    held = query(pg_url, "SELECT claimed_by, count(*) FROM letters GROUP BY claimed_by "
                   "ORDER BY claimed_by")
     assert held == [(run.id, len(mine)) for (_, run), mine in zip(workers, taken, strict=True)
                     if mine]
@@ -227,7 +219,7 @@ def test_a_claim_takes_due_letters_no_other_live_run_holds(pg_url: str) -> None:
     letters = make_letters(4)
     emails = _emails(letters)
     (first, one), (second, two) = _worker(pg_url, letters), _worker(pg_url, letters)
-    _query(pg_url, "UPDATE letters SET status = 'sent' WHERE email = %s", emails[3])
+    query(pg_url, "UPDATE letters SET status = 'sent' WHERE email = %s", emails[3])
     assert first.claim(one, emails[:2], DUE) == set(emails[:2])
     assert first.claim(one, [e.upper() for e in emails[:1]], DUE) == {emails[0]}  # still its
     assert second.claim(two, emails, DUE) == {emails[2]}  # the sent one is not due
@@ -272,10 +264,10 @@ def test_a_silent_worker_is_ended_by_a_co_workers_commit_and_can_write_nothing_m
     assert first.statuses("c", emails) == dict(zip(emails, [
         Status.UNKNOWN, Status.SENT, Status.PENDING, Status.SENT, Status.PENDING,
         Status.PENDING], strict=True))
-    assert _query(pg_url, "SELECT email, attempts, claimed_by FROM letters WHERE email = ANY(%s) "
+    assert query(pg_url, "SELECT email, attempts, claimed_by FROM letters WHERE email = ANY(%s) "
                   "ORDER BY line", emails[:3]) == [(emails[0], 1, None), (emails[1], 1, None),
                                                    (emails[2], 0, None)]
-    assert _query(pg_url, "SELECT id, outcome, ended IS NOT NULL FROM runs ORDER BY id") == \
+    assert query(pg_url, "SELECT id, outcome, ended IS NOT NULL FROM runs ORDER BY id") == \
         [(one.id, "died", True), (two.id, None, False)]
     assert second.claim(two, emails, DUE) == {emails[2], *emails[4:]}  # given back
 
@@ -298,7 +290,7 @@ def test_a_co_worker_heard_of_within_a_minute_is_left_alone(pg_url: str) -> None
     letters = make_letters(2)
     (first, one), (second, two) = _worker(pg_url, letters), _worker(pg_url, letters)
     # Elsewhere: its process cannot be looked at, only its heartbeat.
-    _query(pg_url, "UPDATE runs SET host = 'elsewhere', pid = 1, heartbeat = heartbeat - "
+    query(pg_url, "UPDATE runs SET host = 'elsewhere', pid = 1, heartbeat = heartbeat - "
            "interval '50 seconds' WHERE id = %s", one.id)
     first.claim(one, [letters[0].email], DUE)
     first.commit(one, [letters[0].email], [], T0)
@@ -318,7 +310,7 @@ def test_a_run_whose_process_is_gone_is_replaced_and_its_letters_settled(pg_url:
                [Outcome(letters[1], Status.SENT, 1, 250, "2.0.0 OK")], T0)
     log.commit(run, [letters[2].email], [], T0 + 1)
     log.close()
-    _query(pg_url, "UPDATE runs SET pid = %s", GONE)  # killed
+    query(pg_url, "UPDATE runs SET pid = %s", GONE)  # killed
 
     log = PostgresLog.open(pg_url)
     second = log.begin_run("c", {}, "hash", "", "list")
@@ -327,16 +319,16 @@ def test_a_run_whose_process_is_gone_is_replaced_and_its_letters_settled(pg_url:
             second.settled) == (run.id, GONE, "its process is gone", 2)
     assert [status_of(log, "c", letter.email) for letter in letters] == \
         [Status.UNKNOWN, Status.SENT, Status.UNKNOWN, Status.PENDING]
-    assert _query(pg_url, "SELECT attempts, claimed_by FROM letters ORDER BY line") == \
+    assert query(pg_url, "SELECT attempts, claimed_by FROM letters ORDER BY line") == \
         [(1, None), (1, None), (1, None), (0, None)]
-    assert _query(pg_url, "SELECT id, outcome, ended IS NOT NULL FROM runs ORDER BY id") == \
+    assert query(pg_url, "SELECT id, outcome, ended IS NOT NULL FROM runs ORDER BY id") == \
         [(run.id, "died", True), (second.id, None, False)]
     log.close()
 
 
 def test_a_run_silent_for_a_minute_on_another_machine_is_replaced(pg_url: str) -> None:
     log, run = _worker(pg_url, make_letters(1))
-    _query(pg_url, "UPDATE runs SET host = 'elsewhere', pid = 1")
+    query(pg_url, "UPDATE runs SET host = 'elsewhere', pid = 1")
     _silence(pg_url, run)
     second = log.begin_run("c", {}, "hash", "", "other list")  # the dead one rules nothing
     assert second.replaced is not None
@@ -355,7 +347,7 @@ def test_a_worker_with_another_list_or_template_is_refused_naming_the_run(
     log, run = _worker(pg_url, make_letters(1))
     with pytest.raises(ConfigError) as caught:
         log.begin_run("c", {}, template, "", list_sha256)
-    [(started, heartbeat)] = _query(pg_url, "SELECT extract(epoch FROM started)::float, "
+    [(started, heartbeat)] = query(pg_url, "SELECT extract(epoch FROM started)::float, "
                                     "extract(epoch FROM heartbeat)::float FROM runs")
     assert isinstance(started, float)
     assert isinstance(heartbeat, float)
@@ -379,11 +371,11 @@ def test_end_run_gives_back_what_it_holds_and_leaves_nothing_in_flight(pg_url: s
     first.end_run(one, "failed: the log", {"sent": 0})
     assert first.statuses("c", emails) == {emails[0]: Status.UNKNOWN,
                                            emails[1]: Status.PENDING, emails[2]: Status.PENDING}
-    assert _query(pg_url, "SELECT outcome, counts FROM runs WHERE id = %s", one.id) == \
+    assert query(pg_url, "SELECT outcome, counts FROM runs WHERE id = %s", one.id) == \
         [("failed: the log", {"sent": 0})]
     assert second.claim(two, emails, DUE) == set(emails[1:])
     first.end_run(one, "again", {})  # ended once
-    assert _query(pg_url, "SELECT outcome FROM runs WHERE id = %s", one.id) == \
+    assert query(pg_url, "SELECT outcome FROM runs WHERE id = %s", one.id) == \
         [("failed: the log",)]
     first.close()
     second.close()
@@ -549,9 +541,9 @@ def test_a_letter_whose_outcome_could_not_be_written_ends_unknown(pg_url: str) -
     letters = make_letters(2)
     log, run = _worker(pg_url, letters)
     log.claim(run, _emails(letters), DUE)
-    _query(pg_url, "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
+    query(pg_url, "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
            "$$BEGIN RAISE EXCEPTION 'could not extend file: No space left on device'; END$$")
-    _query(pg_url, "CREATE TRIGGER no_outcome BEFORE UPDATE ON letters FOR EACH ROW "
+    query(pg_url, "CREATE TRIGGER no_outcome BEFORE UPDATE ON letters FOR EACH ROW "
            "WHEN (NEW.status = 'sent') EXECUTE FUNCTION refuse()")
 
     async def main() -> None:
@@ -565,7 +557,7 @@ def test_a_letter_whose_outcome_could_not_be_written_ends_unknown(pg_url: str) -
     asyncio.run(main())
     log.end_run(run, "failed", {})
     # The server has it, the log could not say so: in doubt, not due again.
-    assert _query(pg_url, "SELECT status, attempts FROM letters ORDER BY line") == \
+    assert query(pg_url, "SELECT status, attempts FROM letters ORDER BY line") == \
         [("unknown", 1), ("pending", 0)]
     log.close()
 
@@ -634,7 +626,7 @@ def test_a_user_who_may_not_make_the_tables_is_told_what_to_ask_for(pg_server: P
 
 def test_a_lost_connection_is_a_log_error(pg_url: str) -> None:
     log = PostgresLog.open(pg_url)
-    _query(pg_url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+    query(pg_url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
            "WHERE datname = current_database() AND pid <> pg_backend_pid()")
     with pytest.raises(LogError) as caught:
         log.statuses("c", ["ada@example.org"])

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import CampaignFiles, Result, Server
+from pg import query
 
 from mailer.settings import Settings
 from mailer.sink import Received
@@ -98,7 +99,12 @@ def test_three_workers_share_a_campaign_and_a_killed_one_loses_and_repeats_nothi
 
     handler.on_message = kill_mid_run
     try:
-        outputs = [worker.communicate(timeout=150) for worker in workers]
+        victim.wait(timeout=60)
+        # The minute after which the others take its letters passes at once (the lease's
+        # expiry on its own is checked in test_pglog).
+        query(campaign, "UPDATE runs SET heartbeat = heartbeat - interval '2 minutes' "
+                        "WHERE pid = %s", victim.pid)
+        outputs = [worker.communicate(timeout=60) for worker in workers]
     finally:
         handler.on_message = None
     assert victim.returncode == -signal.SIGKILL
