@@ -338,6 +338,8 @@ def _live_send(campaign: Campaign, options: SendOptions, yes: bool) -> None:
 
 
 def _say_copies(copies: CopiesSummary) -> None:
+    if not copies.saved + copies.unsaved:
+        return  # no letter went
     click.echo(shown(f"Sent folder {copies.folder!r}: {plural(copies.saved, 'copy', 'copies')} "
                      "saved.", one_line=True))
     if copies.unsaved:
@@ -424,9 +426,11 @@ def _when(moment: float) -> str:
 
 def _report(summary: SendSummary, missing: int = 0, recipients: Path | None = None) -> int:
     counts = ", ".join(f"{n} {s}" for s, n in sorted(summary.counts.items())) or "nothing sent"
-    rate = summary.total / summary.elapsed if summary.elapsed > 0 else 0.0
+    sent = summary.counts[Status.SENT]
+    # A pace only of letters that went: "8 deferred (0.3 letters/s)" reads as 8 sent.
+    pace = f" ({sent / summary.elapsed:.1f} letters/s)" if sent and summary.elapsed > 0 else ""
     click.echo(f"{'Stopped' if summary.interrupted else 'Done'}: {counts} in "
-               f"{summary.elapsed:.1f}s ({rate:.1f} letters/s).")
+               f"{summary.elapsed:.1f}s{pace}.")
     if summary.copies_refused:
         click.echo(f"{plural(summary.copies_refused, 'letter')} went without a Cc or Bcc copy "
                    "that the server refused; mailer log --status sent shows the replies.")

@@ -215,11 +215,14 @@ class Sender:
         first_try: float | None = None
         attempt: Attempt | None = None
         tries = 0
-        slot = await self._daily_slot()
-        if slot is None:
-            return None
+        # Its place in the daily limit, taken once its turn has come: a place taken while
+        # it waited for the rate would make another connection stop the run for a limit that
+        # letters which have not gone are holding.
+        slot: float | None = None
         reached_data = False  # the letter went: it used its place in the daily limit
         while await self._paced(letter):
+            if slot is None and (slot := await self._daily_slot()) is None:
+                break
             tries += 1
             now = clock.time()
             first_try = first_try or now
@@ -269,7 +272,7 @@ class Sender:
                     and clock.monotonic() + delay < deadline
                     and await clock.sleep(delay, self._stop)):
                 break
-        if not reached_data and self.schedule.daily is not None:
+        if slot is not None and not reached_data and self.schedule.daily is not None:
             self.schedule.daily.give_back(slot)  # it did not go: the quota is not used
         if attempt is None:
             return None

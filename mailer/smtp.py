@@ -141,8 +141,14 @@ class Connection:
         if isinstance(error, aiosmtplib.SMTPAuthenticationError):
             text = reply_text(error.message)
             entry = known(error.code, text)
-            advice = entry.advice if entry is not None else (
-                "check MAILER_SMTP_USERNAME and the password (or the OAuth2 token)")
+            if self.settings.smtp_auth == "xoauth2":  # a provider's advice is about passwords
+                advice = ("the server does not take this access token: check "
+                          "MAILER_SMTP_USERNAME, and that MAILER_SMTP_OAUTH2_TOKEN_COMMAND "
+                          "prints a current token for that account")
+            elif entry is not None:
+                advice = entry.advice
+            else:
+                advice = "check MAILER_SMTP_USERNAME and the password"
             return AuthError(f"{self.server} rejected the login for "
                              f"{self.settings.smtp_username}: {error.code} {text}; {advice}",
                              code=error.code)

@@ -87,6 +87,13 @@ def test_a_refused_letter_makes_the_exit_code_1(server_env: Server, run: Run) ->
     assert "failed   grace@example.net  550 5.1.1 no such user" in result.out
 
 
+@pytest.mark.faults(Faults(rcpt={"ada@example.org": "550 5.1.1 no such user",
+                                 "grace@example.net": "550 5.1.1 no such user"}))
+def test_a_run_that_sent_nothing_gives_no_pace(server_env: Server, run: Run) -> None:
+    result = run("send", "--yes")
+    assert re.search(r"^Done: 2 failed in \d+\.\ds\.$", result.out, re.M), result.out
+
+
 def test_a_bad_setting_names_the_key(server_env: Server, run: Run,
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MAILER_RATE", "fast")

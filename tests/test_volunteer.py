@@ -165,8 +165,8 @@ def test_a_refused_xoauth2_token_is_a_clear_error_after_its_challenge(tmp_path: 
         _oauth_send(tmp_path, handler, "echo stale")
     assert str(caught.value).endswith(
         "rejected the login for organiser@example.org: 535 5.7.8 Username and Password not "
-        "accepted; the server does not take this user name and password: check "
-        "MAILER_SMTP_USERNAME and MAILER_SMTP_PASSWORD (or the command that prints it)")
+        "accepted; the server does not take this access token: check MAILER_SMTP_USERNAME, "
+        "and that MAILER_SMTP_OAUTH2_TOKEN_COMMAND prints a current token for that account")
     assert handler.messages == []
 
 
@@ -244,6 +244,15 @@ def test_a_daily_limit_stops_a_cli_run_with_exit_75_and_when_to_come_back(
     assert result.out.endswith(": run mailer send again then (or with --wait, to wait for "
                                "it).\n")
     assert len(server_env.handler.messages) == 2
+
+
+def test_a_daily_limit_is_used_up_by_letters_that_went_not_by_letters_waiting_their_turn(
+        files: CampaignFiles, server_env: Server, run: Run) -> None:
+    files.write_csv("email,title,name,country\n" + "".join(
+        f"p{n}@example.org,Dr,P {n},UK\n" for n in range(14)))
+    result = run("send", "--yes", "--daily-limit", "5", "--concurrency", "4", "--rate", "20/s")
+    assert result.code == 75, result
+    assert len(server_env.handler.messages) == 5
 
 
 def test_a_providers_quota_reply_stops_the_run_and_fails_nobody(
