@@ -428,7 +428,9 @@ def _report(summary: SendSummary, missing: int = 0, recipients: Path | None = No
     counts = ", ".join(f"{n} {s}" for s, n in sorted(summary.counts.items())) or "nothing sent"
     sent = summary.counts[Status.SENT]
     # A pace only of letters that went: "8 deferred (0.3 letters/s)" reads as 8 sent.
-    pace = f" ({sent / summary.elapsed:.1f} letters/s)" if sent and summary.elapsed > 0 else ""
+    per_second = sent / summary.elapsed if summary.elapsed > 0 else 0.0
+    pace = ("" if not per_second else f" ({per_second:.1f} letters/s)" if per_second >= 0.1
+            else f" ({per_second * 60:.1f} letters/min)")  # a run that waited for a window
     click.echo(f"{'Stopped' if summary.interrupted else 'Done'}: {counts} in "
                f"{summary.elapsed:.1f}s{pace}.")
     if summary.copies_refused:

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Callable
 
 import pytest
 from conftest import CampaignFiles, Result, Server
 from servers import Faults
 
+from mailer.cli import _report
 from mailer.message import message_id
+from mailer.outcome import Status
+from mailer.sender import SendSummary
 
 Run = Callable[..., Result]
 
@@ -92,6 +96,16 @@ def test_a_refused_letter_makes_the_exit_code_1(server_env: Server, run: Run) ->
 def test_a_run_that_sent_nothing_gives_no_pace(server_env: Server, run: Run) -> None:
     result = run("send", "--yes")
     assert re.search(r"^Done: 2 failed in \d+\.\ds\.$", result.out, re.M), result.out
+
+
+@pytest.mark.parametrize(("sent", "seconds", "line"), [
+    (40, 4.0, "Done: 40 sent in 4.0s (10.0 letters/s)."),
+    (1, 63.2, "Done: 1 sent in 63.2s (0.9 letters/min)."),  # it waited for a window
+])
+def test_the_pace_of_a_run_reads_as_letters_a_second_or_a_minute(
+        sent: int, seconds: float, line: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _report(SendSummary(Counter({Status.SENT: sent}), seconds)) == 0
+    assert capsys.readouterr().out == line + "\n"
 
 
 def test_a_bad_setting_names_the_key(server_env: Server, run: Run,
