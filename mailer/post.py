@@ -71,7 +71,9 @@ def print_campaign(campaign: Campaign, out: Path, log: SendLog | None, *,
 def _paper_letters(campaign: Campaign, printed: Printed, rows: list[tuple[Listed, Recipient]],
                    when: float, report: CheckReport) -> Iterator[PaperLetter]:
     settings = campaign.settings
-    sender = (settings.shown_name, *settings.postal_address)
+    sender = settings.postal_address
+    if not sender or fold(sender[0]) != fold(settings.shown_name):  # the name written once
+        sender = (settings.shown_name, *sender)
     day = time.strftime("%-d %B %Y", time.localtime(when))
     place_date = f"{settings.sender_place}, {day}" if settings.sender_place else day
     for item in campaign.recipients():

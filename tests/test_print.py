@@ -126,3 +126,13 @@ def test_a_list_with_problems_prints_nothing(sample: Path, run: Run) -> None:
     assert result.code == 1
     assert result.err.endswith("15 recipients, 1 problem; nothing was printed\n")
     assert not Path("letters.pdf").exists()
+
+
+def test_a_postal_address_that_starts_with_the_senders_name_shows_the_name_once(
+        sample: Path, run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAILER_SENDER_ADDRESS", "Zoë Ñandú-Jürgensen|Rue de la Loi 42|1040 "
+                                                "Brussels")
+    assert run("print").code == 0
+    _, right = _pages(sample / "letters.pdf")[0]
+    assert _in_order(right, "Zoë Ñandú-Jürgensen\nRue de la Loi 42\n1040 Brussels")
+    assert right.count("Ñandú") == 1
