@@ -43,6 +43,7 @@ _CLAIM = 8
 # Seconds between looks at letters another worker holds, once this one has none left: soon
 # (they are most likely in flight, done in a moment), then less often (it may have died).
 _LOOK_AGAIN = (0.25, 5.0)
+_NOT_GONE = (Status.PENDING, Status.DEFERRED)
 _SHOWN_SKIPS = 20
 
 
@@ -241,25 +242,35 @@ class Delivery:
                 raise InputError(report.problems, f"{report.summary()}; nothing was sent")
         log.ensure_room(self.plan.due)
 
-    async def _due_letters(self, recorder: Recorder) -> AsyncIterator[Letter]:
+    async def _due_letters(self, recorder: Recorder, stop: asyncio.Event
+                           ) -> AsyncIterator[Letter]:
         """The planned letters this run claims, built again one at a time as the sender
         takes them, while the list is the one that was checked (a list edited during the run
-        stops it). Letters another worker held go to this one if that worker dies: it looks
-        again until their leases would have expired."""
+        stops it). Letters another worker held go to this one if that worker dies: out of
+        letters, it looks again until their leases would have expired, and a look that finds
+        some starts that wait again."""
         wanted = self.plan.keys.copy()
-        deadline = self.clock.monotonic() + STALE + Recorder.HEARTBEAT * 2
+        deadline: float | None = None
         pause = _LOOK_AGAIN[0]
         while True:
             elsewhere: set[str] = set()
+            claimed = 0
             async for letter in self._claimed(recorder, wanted, elsewhere):
+                claimed += 1
                 yield letter
             if self.changed:
                 break
             found = await recorder.call(self.log.statuses, self.campaign.name, sorted(elsewhere))
-            wanted = {key for key, status in found.items() if self.options.due(status)}
+            # Worth waiting for: letters a co-worker holds that have not gone. One it may have
+            # sent meanwhile (unknown, failed) is not due again in this run, whatever the flags.
+            wanted = {key for key, status in found.items()
+                      if status in _NOT_GONE and self.options.due(status)}
             self.elsewhere = len(wanted)
-            if not wanted or not await self.clock.sleep(pause, asyncio.Event()) \
-                    or self.clock.monotonic() > deadline:
+            if claimed or deadline is None:
+                deadline = self.clock.monotonic() + STALE + Recorder.HEARTBEAT * 2
+                pause = _LOOK_AGAIN[0]
+            if not wanted or self.clock.monotonic() > deadline \
+                    or not await self.clock.sleep(pause, stop):
                 break
             pause = min(pause * 2, _LOOK_AGAIN[1])
         self.missing = len(wanted) if self.changed else 0
@@ -316,7 +327,7 @@ class Delivery:
             sender = Sender(settings, recorder, policy=self.policy, schedule=self.schedule(),
                             clock=self.clock, copies=self.copies)
             self.summary = sender.summary
-            async for event in sender.send(self._due_letters(recorder), stop):
+            async for event in sender.send(self._due_letters(recorder, stop), stop):
                 yield event
         self._outcome = ("interrupted" if self.summary.interrupted
                          else f"paused: {self.summary.paused}" if self.summary.paused

@@ -133,10 +133,14 @@ _OUTCOME = """UPDATE letters SET status = %(status)s, attempts = attempts + %(at
     reply_code = %(code)s, reply_text = %(reply)s, message_sha256 = %(sha256)s,
     run_id = %(run)s
     WHERE campaign = %(campaign)s AND email = %(email)s AND claimed_by = %(run)s"""
+# A letter another run may have sent (unknown, failed, bounced) is due again only as it was
+# before this run began (--resend-unknown, --retry-failed): not if a co-worker tried it since.
 _CLAIM = """UPDATE letters SET claimed_by = %(run)s WHERE (campaign, email) IN (
         SELECT campaign, email FROM letters WHERE campaign = %(campaign)s
         AND email = ANY(%(emails)s) AND status = ANY(%(statuses)s)
         AND (claimed_by IS NULL OR claimed_by = %(run)s)
+        AND (status IN ('pending', 'deferred') OR run_id IS NULL OR run_id IN (
+            SELECT id FROM runs WHERE ended < (SELECT started FROM runs WHERE id = %(run)s)))
         AND EXISTS (SELECT FROM runs WHERE id = %(run)s AND ended IS NULL)
         FOR UPDATE SKIP LOCKED)
     RETURNING email"""
@@ -288,8 +292,10 @@ class PostgresLog:
                     dead[holder.run_id] = (holder, because)
                 elif row[5] == campaign:
                     _same_letters(campaign, holder, (list_sha256, template_sha256), row[6:])
+            # Silence is judged again by the statement (a run may renew meanwhile).
+            gone = [run_id for run_id, (holder, _) in dead.items() if holder.process_gone()]
             ended, settled = self._row(_BURY, {"stale": timedelta(seconds=STALE),
-                                               "gone": list(dead)})
+                                               "gone": gone})
             run_id = self._one(
                 "INSERT INTO runs (campaign, started, heartbeat, settings, template_sha256, "
                 "host, pid, account, list_sha256) VALUES (%s, clock_timestamp(), "

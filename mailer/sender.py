@@ -226,13 +226,13 @@ class Sender:
             tries += 1
             now = clock.time()
             first_try = first_try or now
-            marked = False
+            marked = False  # its mark was asked for: committed, or to be, even if cancelled
 
             async def mark(letter: Letter) -> None:
                 nonlocal marked
+                marked = True
                 if self.recorder is not None:
                     await self.recorder.sending(letter)
-                marked = True
 
             try:
                 attempt = await connection.send(letter, mark)
@@ -241,7 +241,7 @@ class Sender:
                     self._finish(Outcome.of(letter, Status.UNKNOWN, tries, reply="the run was "
                                             "stopped while this letter was in flight",
                                             first_try=first_try, last_try=now), pause=False)
-                elif marked:  # its mark is on disk, but the letter did not go
+                elif marked:  # its mark is (or will be) on disk, but the letter did not go
                     self._finish(Outcome.of(letter, Status.DEFERRED, tries, reply="the run was "
                                             "stopped before this letter went",
                                             first_try=first_try, last_try=now), pause=False)

@@ -70,9 +70,13 @@ class Holder:
         return (f"run {self.run_id} (pid {self.pid} on {self.host}, started "
                 f"{_readable(self.started)}, last heard of {_readable(self.heartbeat)})")
 
+    def process_gone(self) -> bool:
+        """Whether this run's process, on this machine, no longer exists."""
+        return self.host == socket.gethostname() and not _alive(self.pid)
+
     def why_stale(self, now: float) -> str:
         """Why this run is not sending any more, or "" if it may be."""
-        if self.host == socket.gethostname() and not _alive(self.pid):
+        if self.process_gone():
             return "its process is gone"
         silent = now - datetime.fromisoformat(self.heartbeat).timestamp()
         if silent > STALE:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,10 @@ from servers import Faults, RecordingHandler, ScriptedServer, start_server
 
 from mailer.cli import main
 from mailer.message import Letter
-from mailer.outcome import Status
+from mailer.outcome import Outcome, Status
 from mailer.recorder import Recorder
 from mailer.sender import Policy, Sender, SendSummary
-from mailer.sendlog import Entry, Listed, SendLog
+from mailer.sendlog import Entry, Listed, Run, SendLog
 from mailer.settings import Rate, Settings
 from mailer.sqlitelog import SQLiteLog
 
@@ -245,6 +246,15 @@ class LoggedSend:
 
 
 FAST = Policy(backoff=0.01, max_backoff=0.05)
+
+
+class SlowDisk(SQLiteLog):
+    """A real log whose every commit takes 0.3 s: a busy disk."""
+
+    def commit(self, run: Run, sending: Sequence[str], outcomes: Sequence[Outcome],
+               when: float) -> None:
+        time.sleep(0.3)
+        super().commit(run, sending, outcomes, when)
 
 
 class MovedClock:

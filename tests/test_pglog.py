@@ -230,6 +230,24 @@ def test_a_claim_takes_due_letters_no_other_live_run_holds(pg_url: str) -> None:
     second.close()
 
 
+def test_a_letter_that_may_have_gone_is_due_again_only_as_it_was_before_the_run(
+        pg_url: str) -> None:
+    # --resend-unknown: the unknown letter of a run that ended before this one began is this
+    # run's to resend; one a co-worker made unknown since is not (it may have just arrived).
+    letters = make_letters(2)
+    old, before = _worker(pg_url, letters)
+    old.claim(before, [letters[0].email], DUE)
+    old.commit(before, [letters[0].email], [Outcome.of(letters[0], Status.UNKNOWN, 1)], T0)
+    old.end_run(before, "completed", {})
+    (mine, run), (other, co_worker) = _worker(pg_url, letters), _worker(pg_url, letters)
+    other.claim(co_worker, [letters[1].email], DUE)
+    other.commit(co_worker, [letters[1].email], [Outcome.of(letters[1], Status.UNKNOWN, 1)], T0)
+    other.end_run(co_worker, "completed", {})
+    assert mine.claim(run, _emails(letters), [*DUE, Status.UNKNOWN]) == {letters[0].email}
+    for log in (old, mine, other):
+        log.close()
+
+
 def test_a_mark_of_a_letter_the_run_does_not_hold_is_refused_and_marks_nothing(
         pg_url: str) -> None:
     letters = make_letters(2)

@@ -4,23 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import LoggedSend, Server, listed, make_letters, send_all
+from conftest import LoggedSend, Server, SlowDisk, listed, make_letters, send_all
 from hypothesis import given
 from hypothesis import strategies as st
 from servers import Faults
 
-from mailer.outcome import Outcome
 from mailer.ratelimit import DomainLimits, RateLimiter
 from mailer.recorder import Recorder
 from mailer.sender import Sender
-from mailer.sendlog import Run
 from mailer.settings import Rate
-from mailer.sqlitelog import SQLiteLog
 
 Send = Callable[..., LoggedSend]
 
@@ -112,22 +108,13 @@ def test_sending_keeps_to_the_rate(smtp_server: Server, send_logged: Send) -> No
     assert busiest <= 22
 
 
-class _SlowDisk(SQLiteLog):
-    """A real log whose every commit takes 0.3 s: a busy disk."""
-
-    def commit(self, run: Run, sending: Sequence[str], outcomes: Sequence[Outcome],
-               when: float) -> None:
-        time.sleep(0.3)
-        super().commit(run, sending, outcomes, when)
-
-
 def test_letters_held_up_by_a_slow_disk_keep_to_the_rate(smtp_server: Server,
                                                          tmp_path: Path) -> None:
     # A letter takes its slot of the rate before its mark: marks held up together go out
     # together, at most one per connection beyond the rate.
     settings = smtp_server.settings(rate="20/s", concurrency=4)
     letters = make_letters(40)
-    log = _SlowDisk.open(tmp_path / "log.sqlite3")
+    log = SlowDisk.open(tmp_path / "log.sqlite3")
     run = log.begin_run("test", {}, "hash")
     log.register("test", listed(letters), "hash")
 

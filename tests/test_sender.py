@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
-from conftest import FAST, LoggedSend, Server, listed, make_letters, send_all, status_of
+from conftest import FAST, LoggedSend, Server, SlowDisk, listed, make_letters, send_all, status_of
 from servers import Faults
 
 from mailer.errors import ConfigError, TooManyFailures
@@ -223,6 +223,30 @@ def test_a_stop_finishes_letters_in_flight_and_leaves_the_rest_pending(
     assert 5 <= received <= 6
     assert statuses[:received] == [Status.SENT] * received
     assert set(statuses[received:]) == {Status.PENDING}
+
+
+def test_a_hard_stop_while_a_mark_commits_leaves_the_letter_due_not_unknown(
+        smtp_server: Server, tmp_path: Path) -> None:
+    # The mark's commit goes on while MAIL and RCPT cross the network; cancelled before it
+    # is done, the row still becomes `sending`: the letter's outcome must say it did not go.
+    letters = make_letters(1)
+    log = SlowDisk.open(tmp_path / "log.sqlite3")
+    run = log.begin_run("test", {}, "hash")
+    log.register("test", listed(letters), "hash")
+
+    async def main() -> None:
+        async with Recorder(log, run) as recorder:
+            sender = Sender(smtp_server.settings(concurrency=1), recorder, policy=FAST)
+            task = asyncio.ensure_future(send_all(sender, letters))
+            await asyncio.sleep(0.15)  # RCPT answered, the commit still on its way to disk
+            task.cancel()  # a second Ctrl-C
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+    asyncio.run(main())
+    assert smtp_server.handler.messages == []
+    assert status_of(log, "test", letters[0].email) == Status.DEFERRED
+    log.close()
 
 
 def test_a_password_is_never_sent_in_clear_to_another_machine(smtp_server: Server) -> None:

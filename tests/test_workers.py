@@ -3,6 +3,7 @@ PostgreSQL server: each letter sent once, by one worker, whatever happens to the
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -13,10 +14,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import CampaignFiles, Result, Server
+from conftest import FAST, CampaignFiles, MovedClock, Result, Server
 from pg import query
 
-from mailer.settings import Settings
+from mailer.campaign import Campaign
+from mailer.delivery import Delivery, SendOptions, list_hash, template_hash
+from mailer.message import Letter
+from mailer.outcome import Outcome, Status
+from mailer.pglog import PostgresLog
+from mailer.sendlog import Run
+from mailer.settings import Rate, Settings
 from mailer.sink import Received
 
 LETTERS = 300
@@ -133,3 +140,78 @@ def test_a_log_url_shows_and_records_no_password() -> None:
     assert settings.shown_log == "postgresql://olive@db.example:5432/campaign?sslmode=require"
     assert "s3cr" not in json.dumps(settings.public())
     assert "k3y" not in json.dumps(settings.public())
+
+
+def _co_worker(url: str, campaign: Campaign, claims: list[str]) -> tuple[PostgresLog, Run]:
+    """Another worker of the campaign, driven by the test through the log, holding `claims`."""
+    log = PostgresLog.open(url)
+    run = log.begin_run(campaign.name, {}, template_hash(campaign), "x", list_hash(campaign))
+    assert log.claim(run, claims, [Status.PENDING]) == set(claims)
+    return log, run
+
+
+def _send(delivery: Delivery) -> None:
+    async def drain() -> None:
+        async for _ in delivery.send(asyncio.Event()):
+            pass
+
+    asyncio.run(drain())
+
+
+def _officials(files: CampaignFiles, count: int) -> list[str]:
+    emails = [f"p{n}@example.org" for n in range(count)]
+    files.write_csv("email,title,name\n" + "".join(f"{e},Dr,P\n" for e in emails))
+    return emails
+
+
+def test_a_dead_workers_letters_go_out_though_the_campaign_ran_long_before_it_died(
+        files: CampaignFiles, smtp_server: Server, pg_url: str) -> None:
+    # 100 letters at 1/s on a moved clock: the co-worker holding the first 8 is found dead
+    # early, and its letters are free to take once the survivor's own are done, 92 s in:
+    # past the minute and a half it would look for them if it counted from its start.
+    emails = _officials(files, 100)
+    campaign = Campaign(smtp_server.settings(rate=Rate(1), concurrency=1), files.recipients,
+                        files.template)
+    handler = smtp_server.handler
+    with PostgresLog.open(pg_url) as log, Delivery(campaign, log, SendOptions(), policy=FAST,
+                                                   clock=MovedClock(1_800_000_000.0)) as alive:
+        other, dead = _co_worker(pg_url, campaign, emails[:8])
+        other.close()
+
+        def dies(message: Received) -> None:
+            if len(handler.messages) == 5:
+                query(pg_url, "UPDATE runs SET heartbeat = heartbeat - interval '2 minutes' "
+                              "WHERE id = %s", dead.id)
+
+        handler.on_message = dies
+        _send(alive)
+    assert handler.by_recipient() == dict.fromkeys(emails, 1)
+
+
+def test_a_letter_a_co_worker_sent_during_this_run_is_not_resent_by_resend_unknown(
+        files: CampaignFiles, smtp_server: Server, pg_url: str) -> None:
+    # The co-worker holds p0; its content goes, its reply is lost (unknown), and it ends.
+    # --resend-unknown means the letters unknown before this run, not this one.
+    emails = _officials(files, 20)
+    campaign = Campaign(smtp_server.settings(concurrency=1), files.recipients, files.template)
+    handler = smtp_server.handler
+    with PostgresLog.open(pg_url) as log, Delivery(campaign, log,
+                                                   SendOptions(resend_unknown=True),
+                                                   policy=FAST) as alive:
+        other, run = _co_worker(pg_url, campaign, emails[:1])
+        other.commit(run, emails[:1], [], 0.0)
+        lost = Outcome.of(Letter(2, emails[0], "o@example.org", (emails[0],), "<m@x>", b"x"),
+                          Status.UNKNOWN, 1, reply="timed out after the letter was sent")
+
+        def reply_lost(message: Received) -> None:
+            if len(handler.messages) == 1:
+                other.commit(run, [], [lost], 1.0)
+                other.end_run(run, "completed", {})
+
+        handler.on_message = reply_lost
+        _send(alive)
+        other.close()
+    assert emails[0] not in handler.by_recipient()
+    assert len(handler.messages) == 19
+    assert query(pg_url, "SELECT status, run_id FROM letters WHERE email = %s",
+                 emails[0]) == [("unknown", run.id)]
