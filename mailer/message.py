@@ -22,6 +22,7 @@ import base64
 import binascii
 import hashlib
 import mimetypes
+import posixpath
 import re
 import secrets
 import time
@@ -176,6 +177,10 @@ class LetterBuilder:
             raise RenderError("an Attachment header is empty; name a file in it, or remove it")
         folder = self.template.path.parent.resolve()
         path = (folder / value.strip()).resolve()
+        if value.strip().startswith("~") and "/" in value:  # ~/x, ~olive/x
+            raise RenderError(f"attachment {value.strip()!r}: a home folder (~) is not a place "
+                              f"attachments are taken from; put the file in {folder} and "
+                              "name it relative to it")
         if not path.is_relative_to(folder):
             # A path from the recipient list must not be able to attach ~/.ssh/id_rsa.
             raise RenderError(f"attachment {value.strip()!r} is outside the template's folder "
@@ -416,7 +421,9 @@ def mime_body(body: Body, attachments: list[Attachment], cid_suffix: str) -> lis
     shown: dict[str, str] = {}
 
     def refer(match: re.Match[str]) -> str:
-        found = next((a for a in attachments if match[3] in (a.name, a.filename)), None)
+        source = posixpath.normpath(match[3])  # "./chart.png" is "chart.png"
+        found = next((a for a in attachments
+                      if source in (posixpath.normpath(a.name), a.filename)), None)
         if found is None:
             return match[0]
         content_id = shown.setdefault(found.name, f"{len(shown) + 1}.{cid_suffix}")

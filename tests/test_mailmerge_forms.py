@@ -92,6 +92,17 @@ def test_parts_written_by_hand_are_sent_as_written_in_their_charset(
     assert (plain.get_content_charset(), content(plain)) == ("utf-8", "Hi, Zoë,\n")
 
 
+@pytest.mark.parametrize("source", ["./chart.png", "chart.png"])
+def test_an_image_named_as_a_relative_path_is_its_attachment_inline(
+        files: CampaignFiles, settings: Settings, source: str) -> None:
+    (files.root / "templates" / "chart.png").write_bytes(b"\x89PNG\r\n\x1a\nchart")
+    [letter] = letters_of(files, settings, ONE, "To: {{ email }}\nSubject: Hi\n"
+                          "Content-Type: text/markdown\nAttachment: chart.png\n\n"
+                          f"![the chart]({source})\n")
+    assert structure(parse(letter.data)) == \
+        "multipart/related(multipart/alternative(text/plain,text/html),image/png)"
+
+
 def test_markdown_goes_as_itself_and_as_html_with_an_attached_image_inline(
         files: CampaignFiles, settings: Settings) -> None:
     (files.root / "templates" / "chart.png").write_bytes(b"\x89PNG\r\n\x1a\nchart")

@@ -664,3 +664,12 @@ def test_an_attachment_outside_the_template_folder_is_refused(files: CampaignFil
     [problem] = campaign.build()
     assert isinstance(problem, Problem)
     assert "is outside the template's folder" in problem.message
+
+
+def test_an_attachment_in_a_home_folder_says_home_folders_are_not_read(
+        files: CampaignFiles, settings: Settings) -> None:
+    files.write_template("Subject: s\nAttachment: ~/letter.pdf\n\nHello {{ name }}\n")
+    problem = next(iter(Campaign(settings, files.recipients, files.template).build()))
+    assert isinstance(problem, Problem)
+    assert "attachment '~/letter.pdf': a home folder (~) is not a place attachments are " \
+           "taken from; put the file in " in problem.message
