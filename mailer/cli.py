@@ -42,7 +42,7 @@ from .report import render_report
 from .sender import Sender, SendSummary, Waiting
 from .sendlog import Entry, SendLog, Worker, existing_log, open_log
 from .sentcopies import CopiesSummary, saves_sent
-from .settings import PLACEHOLDER_FROM, PLACEHOLDER_NAME, Settings, load_settings
+from .settings import PLACEHOLDER_FROM, Settings, load_settings
 from .sink import Received, Sink, start_sink
 from .smtp import Connection, tls_context
 from .starter import PROVIDERS
@@ -239,9 +239,9 @@ def normalize_option_address(text: str) -> str:
 def _dry_run(campaign: Campaign, settings: Settings, outbox: Path,
              options: SendOptions) -> None:
     if settings.placeholder_sender:
-        click.echo(f"No sender is configured: letters show the placeholder {PLACEHOLDER_NAME} "
-                   f"<{PLACEHOLDER_FROM}>. Set MAILER_FROM and MAILER_SENDER_NAME in .env "
-                   "before a live send.\n")
+        click.echo(shown(f"No sender address is configured: letters show the placeholder "
+                         f"{settings.shown_name} <{PLACEHOLDER_FROM}>. Set MAILER_FROM and "
+                         "MAILER_SENDER_NAME in .env before a live send.\n"))
     for warning in _warnings(campaign):
         click.echo(shown(str(warning)), err=True)
     log = existing_log(settings.log)
@@ -320,7 +320,8 @@ def _live_send(campaign: Campaign, options: SendOptions, yes: bool) -> None:
         if plan.international:
             _say_international(settings, plan.international)
         click.echo(f"From {settings.sender_name} <{settings.from_address}> via "
-                   f"{_describe_server(settings)}, at {settings.rate} "
+                   f"{_describe_server(settings)}, "
+                   f"{'with no rate limit' if settings.rate.unlimited else f'at {settings.rate}'} "
                    f"with {settings.concurrency} connection(s). Log: {settings.shown_log}")
         if copies:
             click.echo(f"A copy of each letter goes into the Sent folder at "
@@ -480,8 +481,8 @@ _ATTENTION = (Status.BOUNCED, Status.FAILED, Status.DEFERRED, Status.UNKNOWN, St
               help="Only this campaign.")
 @click.option("--status", "statuses", multiple=True,
               type=click.Choice([s.value for s in Status]),
-              help="List recipients in this state (repeatable) [default: all that need "
-                   "attention].")
+              help="List recipients in this state (repeatable) [default: the table shows "
+                   "all that need attention; csv and json, every recipient].")
 @click.option("--replied", "answered", flag_value="replied",
               help="Only letters a person answered (mailer inbox reads the answers).")
 @click.option("--no-reply", "answered", flag_value="none",
@@ -492,8 +493,8 @@ def log(log_path: str | None, env_file: Path | None, campaign_name: str | None,
         statuses: tuple[str, ...], answered: str | None, output: str) -> None:
     """Review the send log: who got the letter, who did not, and why.
 
-    Without --status it lists the letters that need attention; with --replied or
-    --no-reply, the letters that went (sent, unknown or bounced).
+    Without --status the table lists the letters that need attention and the exports every
+    letter; with --replied or --no-reply, the letters that went (sent, unknown or bounced).
     """
     settings = load_settings(env_file, log=log_path)
     send_log = open_log(settings.log, create=False)
@@ -501,7 +502,8 @@ def log(log_path: str | None, env_file: Path | None, campaign_name: str | None,
         name = _campaign_in(send_log, campaign_name)
         campaigns = [name] if name else send_log.campaigns()
         wanted = [Status(s) for s in statuses] or (
-            [Status.SENT, Status.UNKNOWN, Status.BOUNCED] if answered else list(_ATTENTION))
+            [Status.SENT, Status.UNKNOWN, Status.BOUNCED] if answered
+            else list(_ATTENTION) if output == "table" else list(Status))
         entries: Iterable[Entry] = itertools.chain.from_iterable(
             send_log.entries(c, wanted) for c in campaigns)
         if answered:
@@ -538,7 +540,9 @@ def log(log_path: str | None, env_file: Path | None, campaign_name: str | None,
                  "none": "Letters no person has answered"}.get(answered or ""))
             count = print_table(entries, title, several=len(campaigns) > 1, answers=answers,
                                 paper=paper)
-            if not count:
+            if not count and wanted == list(_ATTENTION):
+                click.echo("No recipient needs attention: every letter went.")
+            elif not count:
                 click.echo(f"No recipients are {' or '.join(wanted)}"
                            + {"replied": ", with a reply", "none": ", without a reply"}.get(
                                answered or "", "") + ".")

@@ -106,7 +106,8 @@ class Plan:
             return text
         hints = {Status.SENT: "already sent", Status.FAILED: "failed (--retry-failed to retry)",
                  Status.BOUNCED: "bounced (--retry-failed to send again)",
-                 Status.UNKNOWN: "unknown: the server may have them (--resend-unknown to resend)",
+                 Status.UNKNOWN: "unknown: the server may have them (--resend-unknown sends "
+                                 "them again, and some may arrive twice)",
                  Status.SENDING: "in flight in a run that is sending now or stopped (the next "
                                  "live run lists those of a stopped run as unknown)"}
         parts = [f"{n} {hints.get(s, str(s))}" for s, n in sorted(self.skipped.items())]

@@ -121,13 +121,16 @@ def entry_dict(entry: Entry) -> dict[str, Any]:
 
 
 def _cell(value: object) -> object:
-    if isinstance(value, str) and value.startswith(_FORMULA_START):
-        return "'" + value
-    return value
+    if not isinstance(value, str):
+        return value
+    # A CSV is often read on a terminal (cat, less -r): no escape sequence from a reply.
+    value = shown(value)
+    return "'" + value if value.startswith(_FORMULA_START) else value
 
 
 def write_csv(entries: Iterable[Entry], out: TextIO) -> None:
-    """The entries as CSV, streamed; a cell a spreadsheet would run starts with `'`."""
+    """The entries as CSV, streamed; a cell a spreadsheet would run starts with `'`, and
+    control characters are written as escapes (`\\x1b`)."""
     writer = csv.DictWriter(out, fieldnames=_ENTRY_FIELDS)
     writer.writeheader()
     for entry in entries:

@@ -408,8 +408,10 @@ class PostgresLog:
         rates: dict[int, float] = {}
         for run_id, status, count, rate in self._db.execute(
                 "SELECT run_id, status, count(*), CASE WHEN status = 'sent' AND count(*) > 1 "
-                "THEN count(*) * 60 / nullif(extract(epoch FROM max(last_attempt)::timestamptz "
-                "- min(last_attempt)::timestamptz), 0) END FROM letters "
+                "AND max(last_attempt)::timestamptz - min(last_attempt)::timestamptz "
+                ">= interval '1 minute' THEN (count(*) - 1) * 60 / extract(epoch FROM "
+                "max(last_attempt)::timestamptz - min(last_attempt)::timestamptz) END "
+                "FROM letters "
                 "WHERE campaign = %s AND run_id IS NOT NULL GROUP BY run_id, status",
                 (campaign,)):
             counts.setdefault(run_id, {})[Status(status)] = count

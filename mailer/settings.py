@@ -6,6 +6,7 @@ explicit overrides (the CLI's flags). A bad value is a `ConfigError` naming the 
 
 from __future__ import annotations
 
+import io
 import ipaddress
 import os
 import re
@@ -16,6 +17,7 @@ from urllib.parse import unquote
 from zoneinfo import ZoneInfo
 
 from dotenv import dotenv_values
+from dotenv.parser import parse_stream
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -384,13 +386,22 @@ def _read_env_file(path: Path | None) -> dict[str, str | None]:
     if not path.exists():
         raise ConfigError(f"settings file {path} does not exist; check --env-file")
     try:
-        return dict(dotenv_values(path, interpolate=False, encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
         line = error.object[:error.start].count(b"\n") + 1
         raise ConfigError(f"settings file {path}:{line}: is not UTF-8 (byte "
                           f"{error.object[error.start]:#x}); save it as UTF-8") from None
     except OSError as error:
         raise ConfigError(f"settings file {path}: {error.strerror or error}") from None
+    # python-dotenv skips a line it cannot read, with a warning naming itself: the setting
+    # (a password, say) would then be missing for a reason nobody is told. The line itself is
+    # not shown: it may hold a secret.
+    for binding in parse_stream(io.StringIO(text)):
+        if binding.error:
+            raise ConfigError(f"settings file {path}:{binding.original.line}: cannot read this "
+                              "line; write it as NAME=value, and quote a value with spaces "
+                              "or # in it (NAME=\"a value\"), closing the quotes")
+    return dict(dotenv_values(stream=io.StringIO(text), interpolate=False))
 
 
 def _explain(error: ValidationError) -> str:

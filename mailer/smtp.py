@@ -38,8 +38,10 @@ _BARE_LINE_END = re.compile(rb"\r(?!\n)|(?<!\r)\n")
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 _PERIOD = re.compile(rb"(?m)^\.")
 # A reply asking the whole client to slow down, not refusing one recipient.
-_RATE_WORDS = re.compile(r"rate|too (many|much)|busy|slow down|try (again )?later|limit",
-                         re.IGNORECASE)
+# ("Try again later" is not one: greylisting says it of one recipient.)
+_RATE_WORDS = re.compile(r"rate|too (many|much)|busy|slow down|limit", re.IGNORECASE)
+# A reply naming an address (`<p1@example.org>: Recipient address rejected: ...`) is about it.
+_NAMES_ADDRESS = re.compile(r"<[^<>@\s]+@[^<>\s]+>")
 _ENHANCED = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})\b")
 
 
@@ -159,6 +161,12 @@ class Connection:
                 f"{self.server} refused the connection: {error.code} "
                 f"{reply_text(error.message)}; it may be busy, or allow fewer connections "
                 "at once (MAILER_CONCURRENCY): try again later", code=error.code)
+        if isinstance(error, aiosmtplib.SMTPConnectTimeoutError) \
+                and self.settings.security != "tls" and "ready" in str(error):
+            # Connected, but no greeting: the server waits for a TLS handshake first.
+            return ServerUnreachable(f"{self.server} took the connection but sent no "
+                                     "greeting; a port that wants TLS from the start (465 "
+                                     "usually) needs MAILER_SMTP_SECURITY=tls")
         if isinstance(error, aiosmtplib.SMTPConnectError | OSError):
             text = getattr(error, "message", None) or str(error)
             return ServerUnreachable(f"cannot connect to {self.server}: {text}; is the server "
@@ -333,5 +341,6 @@ class Connection:
             return Attempt(Status.FAILED, code, text)
         enhanced = _ENHANCED.match(text)
         throttled = (code == 421 or at_mail or (
-            enhanced is not None and enhanced[2] == "7" and bool(_RATE_WORDS.search(text))))
+            enhanced is not None and enhanced[2] == "7" and bool(_RATE_WORDS.search(text))
+            and not _NAMES_ADDRESS.search(text)))
         return Attempt(Status.DEFERRED, code, text, retry=True, throttled=throttled)

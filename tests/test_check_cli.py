@@ -18,9 +18,9 @@ from conftest import CampaignFiles, Result
 Run = Callable[..., Result]
 
 PLACEHOLDER_WARNING = (
-    "No sender is configured: letters show the placeholder Campaign Organiser (placeholder) "
-    "<organiser@campaign.example>. Set MAILER_FROM and MAILER_SENDER_NAME in .env before a "
-    "live send.\n\n")
+    "No sender address is configured: letters show the placeholder Campaign Organiser "
+    "(placeholder) <organiser@campaign.example>. Set MAILER_FROM and MAILER_SENDER_NAME in "
+    ".env before a live send.\n\n")
 
 
 def parse_file(path: Path) -> EmailMessage:

@@ -20,7 +20,7 @@ from typing import Any
 
 import pdfplumber
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from mailer.paper import AddressTooLong, MissingGlyph, Paper, PaperLetter, print_letters
@@ -501,13 +501,14 @@ BODIES = st.lists(
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(text=BODIES)
+@example(text="0/0")  # a line that reads as a page number
 def test_every_character_of_the_body_comes_out_once_in_order(text: str) -> None:
     body = f"Dear Reader,\n\n{text}\n\nYours,"
     _, pdf = render([letter(body=body)])
-    pages = [
-        "\n".join(line for line in page.splitlines() if not re.fullmatch(r"\d+/\d+", line))
-        for page in page_texts(pdf)
-    ]
+    texts = page_texts(pdf)
+    # A page's number ("2/3") is its last line when there are several; the text may hold
+    # one too.
+    pages = [page.rpartition("\n")[0] if len(texts) > 1 else page for page in texts]
     printed = "\n".join(pages)
     start = printed.index("Dear Reader,") + len("Dear Reader,")
     end = printed.rindex("Yours,")

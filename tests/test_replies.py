@@ -9,7 +9,7 @@ from dataclasses import replace
 from datetime import datetime
 
 import pytest
-from conftest import LoggedSend, Server, make_letters, scripted_settings
+from conftest import FAST, LoggedSend, Server, make_letters, scripted_settings
 from servers import Faults, RecordingHandler, ScriptedServer, start_server
 
 from mailer.message import Letter
@@ -132,6 +132,18 @@ def test_a_connection_refused_as_one_too_many_hands_its_letter_to_the_others(
     assert result.summary.throttled.startswith("127.0.0.1:")
     assert "421 4.7.0 scripted: too many connections" in result.summary.throttled
     assert server.by_recipient() == {letter.email: 1 for letter in letters}
+
+
+@pytest.mark.faults(Faults(rcpt={"person1@example.org": "450 4.7.1 <person1@example.org>: "
+                                 "Recipient address rejected: Message deferred, try again later"}))
+def test_a_recipients_greylisting_defers_that_letter_and_slows_nobody(
+        smtp_server: Server, send_logged: Send) -> None:
+    letters = make_letters(10)
+    result = send_logged(smtp_server.settings(concurrency=2), letters)
+    assert result.summary.counts == {Status.SENT: 9, Status.DEFERRED: 1}
+    assert result.summary.throttled == ""
+    assert result.summary.connections == 2
+    assert result.entry(letters[1]).attempts == FAST.max_attempts
 
 
 @pytest.mark.faults(Faults(rcpt={"person0@example.org": "451 4.3.0 try again later"},

@@ -117,7 +117,8 @@ def test_a_rerun_sends_deferred_and_lists_failed_and_unknown(mixed: Server, run:
     assert result.code == 0, result.err
     assert result.out.splitlines()[0] == (
         "Campaign 'letter': 1 letter to send; skipping 1 failed (--retry-failed to retry), "
-        "1 already sent, 1 unknown: the server may have them (--resend-unknown to resend).")
+        "1 already sent, 1 unknown: the server may have them (--resend-unknown sends them "
+        "again, and some may arrive twice).")
     assert mixed.handler.by_recipient() == {"busy@example.org": 1, "lost@example.org": 1,
                                             "fine@example.org": 1}
     assert _rows(files.root)["busy@example.org"] == ("sent", 2)
@@ -244,7 +245,8 @@ def test_a_dry_run_shows_what_a_live_run_would_skip_and_why(mixed: Server, run: 
     lines = result.out.splitlines()
     start = lines.index(f"Send log {LOG}: a live run now has 1 letter to send; skipping "
                         "1 failed (--retry-failed to retry), 1 already sent, 1 unknown: the "
-                        "server may have them (--resend-unknown to resend).")
+                        "server may have them (--resend-unknown sends them again, and some may "
+                        "arrive twice).")
     assert lines[start + 1:] == ["Skipped by a live run:",
                                  "  refused@example.org: failed",
                                  "  lost@example.org: unknown",

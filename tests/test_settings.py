@@ -35,6 +35,19 @@ def test_a_settings_file_that_is_not_utf8_names_its_line(files: CampaignFiles) -
                                  "UTF-8")
 
 
+@pytest.mark.parametrize(("text", "line"), [
+    ("MAILER_FROM=me@example.org\nMAILER_SMTP_PORT 587\n", 2),  # no =
+    ('MAILER_SMTP_USERNAME=me\nMAILER_SMTP_PASSWORD="s3cret\n', 2),  # the quote not closed
+])
+def test_a_settings_line_that_cannot_be_read_is_named_and_not_shown(
+        files: CampaignFiles, run: Run, text: str, line: int) -> None:
+    Path(".env").write_text(text, encoding="utf-8")
+    result = run("check")
+    assert (result.code, result.err) == (2, (
+        f"error: settings file .env:{line}: cannot read this line; write it as NAME=value, "
+        'and quote a value with spaces or # in it (NAME="a value"), closing the quotes\n'))
+
+
 def test_an_env_file_that_is_a_folder_or_missing_is_an_error(files: CampaignFiles,
                                                              run: Run) -> None:
     result = run("check", "--env-file", "templates")

@@ -117,6 +117,22 @@ def test_tls_on_a_starttls_port_says_which_security_fits_which_port(
                     "usually wants starttls, 465 tls")
 
 
+def test_starttls_on_an_implicit_tls_port_says_which_security_fits(
+        ca: trustme.CA, send_logged: Send) -> None:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    handler = RecordingHandler()
+    controller = start_server(handler, ssl_context=context)
+    try:
+        text = _fails_with(send_logged, Server(handler, controller.port).settings(
+            smtp_security="starttls", timeout=0.5))
+    finally:
+        controller.stop()
+    assert text == (f"127.0.0.1:{controller.port} took the connection but sent no greeting; "
+                    "a port that wants TLS from the start (465 usually) needs "
+                    "MAILER_SMTP_SECURITY=tls")
+
+
 def test_no_tls_with_a_server_that_requires_starttls_names_the_setting(
         tls_server: Server, send_logged: Send) -> None:
     text = _fails_with(send_logged, tls_server.settings(smtp_security="none"))

@@ -66,7 +66,8 @@ def test_a_campaign_on_postgresql_sends_and_reviews_as_on_sqlite(
     review = run("log")
     assert f"Campaign 'letter': 0 pending, {LETTERS} sent," in review.out
     assert "  2 workers:" in review.out  # the run that sent, and the one that found nothing
-    assert f": {LETTERS} sent, " in review.out
+    assert f"): {LETTERS} sent; ended " in review.out  # the worker that sent them
+    assert review.out.endswith("No recipient needs attention: every letter went.\n")
     assert len(_entries(run, "sent")) == LETTERS
     assert run("report").code == 0
     page = (Path.cwd() / "report.html").read_text(encoding="utf-8")
