@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import queue
 import signal
 import sys
 import threading
@@ -48,6 +49,9 @@ from .smtp import Connection, tls_context
 from .starter import PROVIDERS
 
 _PATH = click.Path(path_type=Path)
+# Seconds between renewals of a run's lease while it waits for the user to say yes: well
+# within the minute after which co-workers, or a second run, take it for dead.
+_KEEP_ALIVE = 5.0
 
 
 def _text(context: click.Context, parameter: click.Parameter, value: str | None) -> str | None:
@@ -279,13 +283,37 @@ def _describe_server(settings: Settings) -> str:
     return f"{settings.smtp_host}:{settings.smtp_port} ({settings.security}{login})"
 
 
-def _confirm(question: str, yes: bool) -> None:
+def _confirm(question: str, yes: bool, keep_alive: Callable[[], None] | None = None) -> None:
+    """Ask, unless `yes`; while the user thinks, `keep_alive` runs every few seconds."""
     if yes:
         return
     if not sys.stdin.isatty():
         raise ConfigError("not sending: there is no terminal to confirm on; add --yes to send "
                           "without asking")
-    click.confirm(question, abort=True)
+    if keep_alive is None:
+        click.confirm(question, abort=True)
+        return
+    answered: queue.Queue[BaseException | None] = queue.Queue()
+
+    def ask() -> None:
+        try:
+            click.confirm(question, abort=True)
+        except BaseException as error:  # raised again below, in the command's thread
+            answered.put(error)
+        else:
+            answered.put(None)
+
+    # The question waits on a thread of its own (daemon: Ctrl-C still ends the command here).
+    threading.Thread(target=ask, daemon=True).start()
+    while True:
+        try:
+            error = answered.get(timeout=_KEEP_ALIVE)
+        except queue.Empty:
+            keep_alive()
+            continue
+        if error is not None:
+            raise error
+        return
 
 
 def _test_send(campaign: Campaign, address: str, count: int, yes: bool) -> None:
@@ -326,7 +354,7 @@ def _live_send(campaign: Campaign, options: SendOptions, yes: bool) -> None:
         if copies:
             click.echo(f"A copy of each letter goes into the Sent folder at "
                        f"{settings.mailbox_host}:{settings.mailbox_port}.")
-        _confirm(f"Send {plural(plan.due, 'letter')}?", yes)
+        _confirm(f"Send {plural(plan.due, 'letter')}?", yes, delivery.keep_alive)
         with Progress(plan.due) as progress:
             _sending(delivery.send, progress.update)
     if delivery.copies is not None:

@@ -305,6 +305,12 @@ class Delivery:
                 yield built
                 del built  # not to keep a large letter alive while the next is built
 
+    def keep_alive(self) -> None:
+        """Renew the run's lease while it waits before sending (for the user's answer, say):
+        a run silent for a minute is taken for dead (LeaseLost if it already was)."""
+        assert self.run is not None, "use Delivery as a context manager"
+        self.log.commit(self.run, [], [], self.clock.time())
+
     def schedule(self) -> Schedule:
         """When this run may send: the window, and what is left of the account's daily
         limit (counted in the log, across runs and campaigns)."""

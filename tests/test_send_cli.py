@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import pty
 import re
+import select
+import sqlite3
+import subprocess
+import sys
+import time
 from collections import Counter
 from collections.abc import Callable
 
@@ -147,3 +154,32 @@ def test_a_refusal_that_depends_on_the_settings_comes_before_the_question(
     assert result.code == 2
     assert result.err.startswith(message), result.err
     assert result.out == ""
+
+
+def test_a_run_waiting_for_its_answer_keeps_its_hold_on_the_log(
+        server_env: Server, files: CampaignFiles) -> None:
+    # A real terminal (a pty): while the question waits, the run's lease is renewed, so a
+    # co-worker or a second run does not take a thinking user's run for dead after a minute.
+    terminal, child_end = pty.openpty()
+    child = subprocess.Popen([sys.executable, "-m", "mailer", "send"], cwd=files.root,
+                             stdin=child_end, stdout=child_end, stderr=child_end)
+    os.close(child_end)
+    try:
+        shown = b""
+        while b"letters? [y/N]" not in shown:
+            assert select.select([terminal], [], [], 20)[0], shown
+            shown += os.read(terminal, 4096)
+
+        def heartbeat() -> str:
+            with sqlite3.connect(files.root / "mailer-log.sqlite3") as db:
+                return str(db.execute("SELECT heartbeat FROM runs").fetchone()[0])
+
+        asked = heartbeat()
+        time.sleep(6)
+        assert heartbeat() > asked
+        os.write(terminal, b"n\n")
+        assert child.wait(timeout=20) == 130  # "Aborted.", as with Ctrl-C
+    finally:
+        child.kill()
+        os.close(terminal)
+    assert server_env.handler.messages == []
