@@ -195,6 +195,18 @@ def tls_server(ca: trustme.CA) -> Iterator[Server]:
 
 
 @pytest.fixture
+def implicit_tls_server(ca: trustme.CA) -> Iterator[Server]:
+    """A server that speaks TLS from the start (as on port 465), certificate for 127.0.0.1
+    by the session CA (which the client's settings do not trust unless told to)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    handler = RecordingHandler()
+    controller = start_server(handler, ssl_context=context)
+    yield Server(handler, controller.port)
+    controller.stop()
+
+
+@pytest.fixture
 def imap_server(ca: trustme.CA) -> Iterator[IMAPServer]:
     """A real IMAP server (tests/imapd.py): IMAPS on 127.0.0.1, the session CA, the usual
     folders, empty."""
@@ -228,6 +240,15 @@ def status_of(log: SendLog, campaign: str, email: str) -> Status | None:
 
 def listed(letters: list[Letter]) -> list[Listed]:
     return [Listed(letter.email, letter.line, letter.message_id) for letter in letters]
+
+
+def log_with(path: Path, letters: list[Letter], store: type[SQLiteLog] = SQLiteLog
+             ) -> tuple[SQLiteLog, Run]:
+    """A new send log at `path` with a run begun and `letters` registered (campaign "test")."""
+    log = store.open(path)
+    run = log.begin_run("test", {}, "hash")
+    log.register("test", listed(letters), "hash")
+    return log, run
 
 
 @dataclass

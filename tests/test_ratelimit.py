@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import LoggedSend, Server, SlowDisk, listed, make_letters, send_all
+from conftest import LoggedSend, Server, SlowDisk, log_with, make_letters, send_all
 from hypothesis import given
 from hypothesis import strategies as st
 from servers import Faults
@@ -114,9 +114,7 @@ def test_letters_held_up_by_a_slow_disk_keep_to_the_rate(smtp_server: Server,
     # together, at most one per connection beyond the rate.
     settings = smtp_server.settings(rate="20/s", concurrency=4)
     letters = make_letters(40)
-    log = SlowDisk.open(tmp_path / "log.sqlite3")
-    run = log.begin_run("test", {}, "hash")
-    log.register("test", listed(letters), "hash")
+    log, run = log_with(tmp_path / "log.sqlite3", letters, SlowDisk)
 
     async def main() -> None:
         async with Recorder(log, run) as recorder:

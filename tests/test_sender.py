@@ -8,7 +8,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
-from conftest import FAST, LoggedSend, Server, SlowDisk, listed, make_letters, send_all, status_of
+from conftest import (
+    FAST,
+    LoggedSend,
+    Server,
+    SlowDisk,
+    listed,
+    log_with,
+    make_letters,
+    send_all,
+    status_of,
+)
 from servers import Faults
 
 from mailer.errors import ConfigError, TooManyFailures
@@ -175,9 +185,7 @@ def test_marks_asked_for_during_a_commit_share_the_next_one(smtp_server: Server,
 def test_an_outcome_is_on_disk_soon_after_its_reply_with_no_mark_to_carry_it(
         smtp_server: Server, tmp_path: Path) -> None:
     letters = make_letters(1)
-    log = SQLiteLog.open(tmp_path / "log.sqlite3")
-    run = log.begin_run("test", {}, "hash")
-    log.register("test", listed(letters), "hash")
+    log, run = log_with(tmp_path / "log.sqlite3", letters)
     other = SQLiteLog.open(tmp_path / "log.sqlite3")
 
     async def main() -> float:
@@ -199,9 +207,7 @@ def test_an_outcome_is_on_disk_soon_after_its_reply_with_no_mark_to_carry_it(
 def test_a_stop_finishes_letters_in_flight_and_leaves_the_rest_pending(
         smtp_server: Server, tmp_path: Path) -> None:
     letters = make_letters(50)
-    log = SQLiteLog.open(tmp_path / "log.sqlite3")
-    run = log.begin_run("test", {}, "hash")
-    log.register("test", listed(letters), "hash")
+    log, run = log_with(tmp_path / "log.sqlite3", letters)
 
     async def main() -> bool:
         loop = asyncio.get_running_loop()
@@ -230,9 +236,7 @@ def test_a_hard_stop_while_a_mark_commits_leaves_the_letter_due_not_unknown(
     # The mark's commit goes on while MAIL and RCPT cross the network; cancelled before it
     # is done, the row still becomes `sending`: the letter's outcome must say it did not go.
     letters = make_letters(1)
-    log = SlowDisk.open(tmp_path / "log.sqlite3")
-    run = log.begin_run("test", {}, "hash")
-    log.register("test", listed(letters), "hash")
+    log, run = log_with(tmp_path / "log.sqlite3", letters, SlowDisk)
 
     async def main() -> None:
         async with Recorder(log, run) as recorder:

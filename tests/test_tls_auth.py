@@ -94,17 +94,9 @@ def _fails_with(send_logged: Send, settings: Settings) -> str:
 
 
 def test_an_untrusted_certificate_on_implicit_tls_is_a_tls_error(
-        ca: trustme.CA, send_logged: Send) -> None:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(context)
-    handler = RecordingHandler()
-    controller = start_server(handler, ssl_context=context)
-    try:
-        text = _fails_with(send_logged, Server(handler, controller.port).settings(
-            smtp_security="tls"))
-    finally:
-        controller.stop()
-    assert text.startswith(f"TLS with 127.0.0.1:{controller.port} failed: "
+        implicit_tls_server: Server, send_logged: Send) -> None:
+    text = _fails_with(send_logged, implicit_tls_server.settings(smtp_security="tls"))
+    assert text.startswith(f"TLS with 127.0.0.1:{implicit_tls_server.port} failed: "
                            "CERTIFICATE_VERIFY_FAILED: "), text
     assert "is the server running" not in text
 
@@ -118,18 +110,11 @@ def test_tls_on_a_starttls_port_says_which_security_fits_which_port(
 
 
 def test_starttls_on_an_implicit_tls_port_says_which_security_fits(
-        ca: trustme.CA, send_logged: Send) -> None:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(context)
-    handler = RecordingHandler()
-    controller = start_server(handler, ssl_context=context)
-    try:
-        text = _fails_with(send_logged, Server(handler, controller.port).settings(
-            smtp_security="starttls", timeout=0.5))
-    finally:
-        controller.stop()
-    assert text == (f"127.0.0.1:{controller.port} took the connection but sent no greeting; "
-                    "a port that wants TLS from the start (465 usually) needs "
+        implicit_tls_server: Server, send_logged: Send) -> None:
+    text = _fails_with(send_logged, implicit_tls_server.settings(smtp_security="starttls",
+                                                                 timeout=0.5))
+    assert text == (f"127.0.0.1:{implicit_tls_server.port} took the connection but sent no "
+                    "greeting; a port that wants TLS from the start (465 usually) needs "
                     "MAILER_SMTP_SECURITY=tls")
 
 
