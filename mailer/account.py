@@ -1,7 +1,8 @@
 """Logging in to the sender's own mailbox: a password (from the settings, or printed by a
-command, run once a run) or an OAuth2 access token (printed by a command at each login,
-since tokens expire within the hour on a campaign that runs for days). No secret is ever
-shown, logged or stored, and a command that fails is a clear error before anything is sent.
+command, run once a process: a run of the CLI) or an OAuth2 access token (printed by a
+command at each login, since tokens expire within the hour on a campaign that runs for
+days). No secret is ever shown, logged or stored, and a command that fails is a clear error
+before anything is sent.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ class Login:
         if self.mechanism == "password":
             command = field("password_command")
             self._password = getattr(settings, field("password")) or (
-                SecretStr(run_secret_command(command, getattr(settings, command)))
+                SecretStr(_password_from(command, getattr(settings, command)))
                 if getattr(settings, command) else None)
 
     def __repr__(self) -> str:
@@ -73,6 +74,19 @@ def _checked(settings: Settings, field: Callable[[str], str], service: str) -> L
         needed = " (or ".join(keys[1:]) + ")" * (len(keys) - 2)
         raise ConfigError(f"set both {keys[0]} and {needed}, or neither")
     return Login(settings, field) if given else None
+
+
+# What each password command printed, by its text: checking the settings before the question,
+# sending and saving Sent copies all log in, and each run of the command may prompt the user
+# (pinentry, a fingerprint). Tokens are not kept: they expire.
+_PASSWORDS: dict[str, str] = {}
+
+
+def _password_from(field: str, command: SecretStr) -> str:
+    text = command.get_secret_value()
+    if text not in _PASSWORDS:
+        _PASSWORDS[text] = run_secret_command(field, command)
+    return _PASSWORDS[text]
 
 
 def run_secret_command(field: str, command: SecretStr | None) -> str:

@@ -214,10 +214,11 @@ class Delivery:
         campaign = self.campaign
         settings = campaign.settings
         settings.require_sender(name="sender_name" in campaign.template.variables())
-        self.run = self.log.begin_run(campaign.name, settings.public(), template_hash(campaign),
+        digest = template_hash(campaign)  # once: the run's and its letters' must agree
+        self.run = self.log.begin_run(campaign.name, settings.public(), digest,
                                       settings.account, list_hash(campaign))
         try:
-            self._prepare()
+            self._prepare(digest)
         except BaseException as error:
             self.__exit__(type(error), error, error.__traceback__)
             raise
@@ -225,11 +226,11 @@ class Delivery:
             self._outcome = "completed"
         return self
 
-    def _prepare(self) -> None:
-        """One pass over the list: build every letter, register it, plan it."""
+    def _prepare(self, digest: str) -> None:
+        """One pass over the list: build every letter, register it (with the templates'
+        `digest`), plan it."""
         campaign, log, report = self.campaign, self.log, CheckReport()
         self._fingerprint = _fingerprint(campaign.recipients_path)
-        digest = template_hash(campaign)
         listed: list[Listed] = []
         with log.atomic():
             for letter, _ in _planned(campaign, log, self.plan, report):

@@ -37,10 +37,10 @@ import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import TYPE_CHECKING, BinaryIO, Literal
 
-from fpdf import FPDF
-from fpdf.fonts import TTFFont
+if TYPE_CHECKING:
+    from fpdf import FPDF
 
 __all__ = [
     "LAYOUTS",
@@ -282,6 +282,8 @@ class _Face:
 
 
 def _face(pdf: FPDF, key: str, path: Path, spare: _Face | None = None) -> _Face:
+    from fpdf.fonts import TTFFont
+
     pdf.add_font(key, "", path)
     font = pdf.fonts[key]
     assert isinstance(font, TTFFont)
@@ -631,6 +633,10 @@ def _number_pages(pages: int) -> list[str]:
 
 class _Printer:
     def __init__(self, lay: Layout) -> None:
+        # fpdf2 is imported here, not with the module: it is 0.4 s of every command's start-up
+        # otherwise, and only mailer print draws pages.
+        from fpdf import FPDF
+
         self.lay = lay
         pdf = FPDF(orientation="portrait", unit="mm", format=lay.fpdf_format)
         pdf.set_auto_page_break(False)  # pages are broken by _Flow, with widow control

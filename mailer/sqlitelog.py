@@ -28,7 +28,7 @@ from .errors import LeaseLost, LogError, LogLocked
 from .outcome import Outcome, Status
 from .sendlog import CampaignSummary, Entry, Holder, Listed, Run, Worker, stamp, stamp_or
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 # Room a run needs on the log's disk: the write-ahead log's most, and each letter's outcome.
 _ROOM = 8 << 20
 _ROOM_PER_LETTER = 2048
@@ -73,6 +73,10 @@ _STEPS = {
     ),
     # Schema 8: a run records its list's hash, which the workers of a shared log compare.
     8: ("ALTER TABLE runs ADD COLUMN list_sha256 TEXT",),
+    # Schema 9: reading the mailbox finds letters by Message-ID and by address (a scan of
+    # the whole log for each message before: 4.4 s per 1,000 bounces in a 20,000-row log).
+    9: ("CREATE INDEX letters_by_message_id ON letters (message_id)",
+        "CREATE INDEX letters_by_email ON letters (email)"),
 }
 # Schema 6: a run names its account, for the daily limit.
 _ACCOUNTS = ("""UPDATE runs SET account = json_extract(settings, '$.from_address') || ' via ' ||

@@ -14,6 +14,7 @@ from aiosmtpd.smtp import AuthResult
 from conftest import FAST, CampaignFiles, MovedClock, Result, Server
 from servers import OAuthHandler, RecordingHandler, ScriptedServer, start_server
 
+from mailer.account import login, mailbox_login
 from mailer.campaign import Campaign
 from mailer.delivery import Delivery, SendOptions
 from mailer.errors import AuthError, ConfigError
@@ -132,6 +133,18 @@ def test_a_password_command_that_fails_stops_everything_before_the_question(
     assert result.err == ("error: MAILER_SMTP_PASSWORD_COMMAND failed (exit status 3): locked; "
                           "run it yourself to see why\n")
     assert server_env.handler.messages == []
+
+
+def test_a_password_command_runs_once_for_the_check_the_send_and_the_sent_copies(
+        tmp_path: Path) -> None:
+    # Each run may ask the user (pinentry, a fingerprint): once is enough.
+    runs = tmp_path / "runs"
+    settings = Settings(smtp_host="mail.example.org", smtp_security="starttls",
+                        smtp_username="olive", imap_host="mail.example.org",
+                        smtp_password_command=f"echo x >> {runs}; echo s3cret")
+    logins = [login(settings), login(settings), mailbox_login(settings)]
+    assert [found.secret() for found in logins if found] == ["s3cret"] * 3
+    assert runs.read_text() == "x\n"
 
 
 def _oauth_send(tmp_path: Path, handler: OAuthHandler, command: str,
