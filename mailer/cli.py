@@ -33,7 +33,6 @@ from .display import (
     write_csv,
 )
 from .errors import ConfigError, InputError, MailerError, Problem
-from .inbox import read_inbox
 from .mailbox import Mailbox, mailbox_context
 from .outbox import write_outbox
 from .outcome import Outcome, Status
@@ -606,6 +605,10 @@ def inbox(log_path: str | None, env_file: Path | None, campaign_name: str | None
             return
         # A day early: INTERNALDATE is in the server's time zone, SINCE takes its date.
         start = since.date() if since else date.fromisoformat(first[:10]) - timedelta(days=1)
+        # Here, not at the top: the bounce detectors (flufl.bounce) are start-up that only
+        # this command needs.
+        from .inbox import read_inbox
+
         with Mailbox(settings, mailbox_login(settings), mailbox_context(settings)) as mailbox:
             click.echo(shown(f"Reading {mailbox.account}, from {start}.", one_line=True))
             found = read_inbox(mailbox, send_log, folders or ["INBOX"], start, campaign,

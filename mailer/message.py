@@ -32,7 +32,7 @@ from email.utils import formatdate
 from functools import lru_cache
 from pathlib import Path
 
-from .addresses import InvalidAddress, Mailbox, parse_address_list
+from .addresses import InvalidAddress, Mailbox, needs_smtputf8, parse_address_list
 from .recipients import Recipient, column_address
 from .settings import Settings
 from .template import (
@@ -125,7 +125,7 @@ class LetterBuilder:
                 if not recipient.email:
                     raise RenderError("the To header names nobody, and the list has no email "
                                       "column to send the letter to")
-                mailboxes = [Mailbox(_default_name(recipient.fields), recipient.email)]
+                mailboxes = [Mailbox(default_name(recipient.fields), recipient.email)]
             if name == "From" and not mailboxes:
                 lines.append(self._from)
                 continue
@@ -161,8 +161,8 @@ class LetterBuilder:
         targets = (redirect_to,) if redirect_to else tuple(envelope)
         sender = self.settings.from_address
         return Letter(recipient.line, identity, sender, targets, msgid, data,
-                      smtputf8=not head.isascii() or not all(
-                          a.isascii() for a in (sender, *targets)),
+                      smtputf8=not head.isascii() or any(
+                          needs_smtputf8(a) for a in (sender, *targets)),
                       zone=recipient.fields.get("timezone", "").strip(),
                       version=self.template.language)
 
@@ -200,7 +200,8 @@ def _mailboxes(header: str, value: str) -> list[Mailbox]:
                           f"{error}") from None
 
 
-def _default_name(fields: dict[str, str]) -> str:
+def default_name(fields: dict[str, str]) -> str:
+    """The name a letter's To shows when the template gives none: title and name."""
     return " ".join(p for p in (fields.get("title", ""), fields.get("name", "")) if p).strip()
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .campaign import Campaign, CheckReport
 from .errors import InputError, Problem
+from .message import default_name
 from .paper import Paper, PaperError, PaperLetter, print_letters
 from .recipients import Recipient, fold
 from .sendlog import Listed, SendLog
@@ -86,8 +87,7 @@ def _paper_letters(campaign: Campaign, printed: Printed, rows: list[tuple[Listed
         if not address:
             printed.without_address.append((item.line, letter.email))
             continue
-        name = " ".join(p for p in (item.fields.get("title", ""),
-                                    item.fields.get("name", "")) if p).strip()
+        name = default_name(item.fields)
         if name and fold(address[0]) != fold(name):
             address = (name, *address)
         rows.append((Listed(letter.email, letter.line, letter.message_id), item))

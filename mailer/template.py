@@ -35,21 +35,24 @@ rendered header.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from email.message import Message
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jinja2 import StrictUndefined, TemplateError, TemplateSyntaxError, nodes
 from jinja2.meta import find_undeclared_variables
 from jinja2.sandbox import SandboxedEnvironment
-from markdown_it import MarkdownIt
 
 from .addresses import InvalidAddress, mailbox_parts
 from .errors import ConfigError, InputError, Problem
+
+if TYPE_CHECKING:
+    from markdown_it import MarkdownIt
 
 ADDRESS_HEADERS = ("From", "To", "Cc", "Bcc", "Reply-To")
 # The headers whose every address is checked (see the module docstring); From is the sender's.
@@ -63,8 +66,17 @@ _ENCODING = {"mime-version", "content-transfer-encoding"}
 _BODY_TYPES = ("text/plain", "text/html", "text/markdown")
 # CommonMark lets any ASCII punctuation be escaped with a backslash.
 _MARKDOWN_PUNCTUATION = re.compile(r"[!-/:-@\[-`{-~]")
-_MARKDOWN = MarkdownIt("commonmark", {"breaks": True, "html": True}).enable(
-    ["table", "strikethrough"])
+
+
+@functools.cache
+def _markdown() -> MarkdownIt:
+    """The Markdown renderer, made when a template first needs it (its import and set-up
+    are a part of every command's start-up otherwise)."""
+    from markdown_it import MarkdownIt
+
+    return MarkdownIt("commonmark", {"breaks": True, "html": True}).enable(
+        ["table", "strikethrough"])
+
 _HEADER_LINE = re.compile(r"([!-9;-~]+):[ \t]*(.*)")
 # Variables that come from settings rather than from the recipient list, with their setting.
 SETTINGS_VARIABLES = {"sender_name": "MAILER_SENDER_NAME", "sender_email": "MAILER_FROM"}
@@ -176,7 +188,7 @@ class _Piece:
         if self.name != "markdown":
             return Part(self.name, self.render(context), self.charset)
         markdown = self.source if self.fixed else self.escaped.render(context)
-        html = f"<html><body>{_MARKDOWN.render(markdown)}</body></html>\n"
+        html = f"<html><body>{_markdown().render(markdown)}</body></html>\n"
         return Multipart("alternative", (Part("plain", self.render(context), self.charset),
                                          Part("html", html, self.charset)))
 
