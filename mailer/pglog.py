@@ -49,6 +49,7 @@ from .sendlog import (
     Listed,
     Run,
     Worker,
+    pace,
     stamp,
     stamp_or,
 )
@@ -405,18 +406,14 @@ class PostgresLog:
         """The runs of `campaign`, the first first, each with the letters it last tried (by
         their state now)."""
         counts: dict[int, dict[Status, int]] = {}
-        rates: dict[int, float] = {}
-        for run_id, status, count, rate in self._db.execute(
-                "SELECT run_id, status, count(*), CASE WHEN status = 'sent' AND count(*) > 1 "
-                "AND max(last_attempt)::timestamptz - min(last_attempt)::timestamptz "
-                ">= interval '1 minute' THEN (count(*) - 1) * 60 / extract(epoch FROM "
-                "max(last_attempt)::timestamptz - min(last_attempt)::timestamptz) END "
-                "FROM letters "
-                "WHERE campaign = %s AND run_id IS NOT NULL GROUP BY run_id, status",
-                (campaign,)):
+        rates: dict[int, float | None] = {}
+        for run_id, status, count, first, last in self._db.execute(
+                "SELECT run_id, status, count(*), min(last_attempt), max(last_attempt) "
+                "FROM letters WHERE campaign = %s AND run_id IS NOT NULL "
+                "GROUP BY run_id, status", (campaign,)):
             counts.setdefault(run_id, {})[Status(status)] = count
-            if rate is not None:
-                rates[run_id] = float(rate)
+            if status == Status.SENT:
+                rates[run_id] = pace(count, first, last)
         return [Worker(run_id, host, pid, account or "", _text(started), _text(heartbeat),
                        None if ended is None else _text(ended), outcome,
                        counts.get(run_id, {}), rates.get(run_id))

@@ -177,14 +177,16 @@ class CampaignSummary:
 
     @property
     def rate_per_minute(self) -> float | None:
-        """Letters per minute between the first and last send, when they are a minute or
-        more apart (3 letters in a fifth of a second make no pace)."""
-        sent = self.counts.get(Status.SENT, 0)
-        if not self.first_sent or not self.last_sent or sent < 2:
-            return None
-        span = (datetime.fromisoformat(self.last_sent)
-                - datetime.fromisoformat(self.first_sent)).total_seconds()
-        return (sent - 1) / span * 60 if span >= 60 else None
+        return pace(self.counts.get(Status.SENT, 0), self.first_sent, self.last_sent)
+
+
+def pace(sent: int, first: str | None, last: str | None) -> float | None:
+    """Letters per minute of `sent` letters, the first and last sent at these stored times,
+    when they are a minute or more apart (3 letters in a fifth of a second make no pace)."""
+    if not first or not last or sent < 2:
+        return None
+    span = (datetime.fromisoformat(last) - datetime.fromisoformat(first)).total_seconds()
+    return (sent - 1) / span * 60 if span >= 60 else None
 
 
 class SendLog(Protocol):
