@@ -242,12 +242,12 @@ def listed(letters: list[Letter]) -> list[Listed]:
     return [Listed(letter.email, letter.line, letter.message_id) for letter in letters]
 
 
-def log_with(path: Path, letters: list[Letter], store: type[SQLiteLog] = SQLiteLog
-             ) -> tuple[SQLiteLog, Run]:
-    """A new send log at `path` with a run begun and `letters` registered (campaign "test")."""
+def log_with(path: Path, letters: list[Letter], store: type[SQLiteLog] = SQLiteLog,
+             campaign: str = "test") -> tuple[SQLiteLog, Run]:
+    """A new send log at `path` with a run of `campaign` begun and `letters` registered."""
     log = store.open(path)
-    run = log.begin_run("test", {}, "hash")
-    log.register("test", listed(letters), "hash")
+    run = log.begin_run(campaign, {}, "hash")
+    log.register(campaign, listed(letters), "hash")
     return log, run
 
 

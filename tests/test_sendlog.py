@@ -13,11 +13,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import REPO, LoggedSend, Server, listed, make_letters, status_of
+from conftest import REPO, LoggedSend, Server, listed, log_with, make_letters, status_of
 from servers import Faults
 
 from mailer.errors import LeaseLost, LogError, LogLocked
-from mailer.message import Letter
 from mailer.outcome import Outcome, Status
 from mailer.recorder import Recorder
 from mailer.sendlog import Run, stamp
@@ -41,13 +40,6 @@ def _dead_pid() -> int:
     process = subprocess.Popen(["true"])
     process.wait()
     return process.pid
-
-
-def _begin(path: Path, letters: list[Letter]) -> tuple[SQLiteLog, Run]:
-    log = SQLiteLog.open(path)
-    run = log.begin_run("c", {}, "hash")
-    log.register("c", listed(letters), "hash")
-    return log, run
 
 
 def _die(log: SQLiteLog, run: Run) -> None:
@@ -117,7 +109,7 @@ def test_a_sent_letter_records_tries_times_message_id_reply_and_hashes(
 
 def test_a_mark_is_committed_before_commit_returns(tmp_path: Path) -> None:
     letters = make_letters(2)
-    log, run = _begin(tmp_path / "log.sqlite3", letters)
+    log, run = log_with(tmp_path / "log.sqlite3", letters, campaign="c")
     log.commit(run, [letters[0].email], [], 1_800_000_000.0)
     assert _query(log.path, "SELECT email, status, run_id, first_attempt FROM letters "
                   "ORDER BY line") == [("person0@example.org", "sending", 1,
@@ -130,7 +122,7 @@ def test_a_dead_runs_marked_letters_become_unknown_and_the_others_stay_due(
         tmp_path: Path) -> None:
     path = tmp_path / "log.sqlite3"
     letters = make_letters(4)
-    log, run = _begin(path, letters)
+    log, run = log_with(path, letters, campaign="c")
     log.commit(run, [letters[0].email, letters[1].email],
                [Outcome(letters[1], Status.SENT, 1, 250, "2.0.0 OK")], 1_800_000_000.0)
     log.commit(run, [letters[2].email], [], 1_800_000_001.0)
@@ -215,7 +207,7 @@ def test_a_lease_silent_for_a_minute_is_taken_over_and_a_fresh_one_is_not(
 def test_a_run_whose_lease_was_taken_over_can_mark_nothing(tmp_path: Path) -> None:
     path = tmp_path / "log.sqlite3"
     letters = make_letters(2)
-    log, run = _begin(path, letters)
+    log, run = log_with(path, letters, campaign="c")
     log._db.execute("UPDATE runs SET heartbeat = ?", (stamp(1_700_000_000.0),))  # asleep
     other = SQLiteLog.open(path)
     taker = other.begin_run("c", {}, "hash")
@@ -255,7 +247,7 @@ def test_every_letter_a_run_tried_names_that_run(smtp_server: Server, send_logge
 def test_a_letter_whose_outcome_could_not_be_written_ends_unknown(tmp_path: Path) -> None:
     path = tmp_path / "log.sqlite3"
     letters = make_letters(2)
-    log, run = _begin(path, letters)
+    log, run = log_with(path, letters, campaign="c")
     db = sqlite3.connect(path)
     db.execute("CREATE TRIGGER no_outcome BEFORE UPDATE OF status ON letters "
                "WHEN NEW.status = 'sent' BEGIN SELECT RAISE(FAIL, 'database or disk is full'); "
@@ -470,7 +462,7 @@ def test_a_log_with_damaged_pages_is_refused(tmp_path: Path) -> None:
 def test_a_commit_that_fails_in_an_unforeseen_way_fails_the_marks_instead_of_hanging(
         tmp_path: Path) -> None:
     letters = make_letters(1)
-    log, run = _begin(tmp_path / "log.sqlite3", letters)
+    log, run = log_with(tmp_path / "log.sqlite3", letters, campaign="c")
     unwritable = Outcome(letters[0], Status.SENT, 1, 250, "Gr\udcfc\udcdfe")  # lone surrogates
 
     async def main() -> None:
